@@ -1,0 +1,65 @@
+"""Portico: an AI gateway that speaks Portkey's gateway API, on Flask and gunicorn."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+
+__version__ = "0.1.0"
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Any = None) -> Flask:
+    """Build the gateway app: settings, the Gateway, blueprints (unified first, proxy last), error handlers."""
+    from app import cli
+    from app.logs import setup_logging
+    from app.pipeline import Gateway
+    from app.providers.registry import PROVIDERS
+    from app.routes import health, proxy, unified
+    from app.settings import SettingsError, load_settings
+
+    settings = settings or load_settings()
+    for entry in settings.catalog.values():
+        if entry.provider not in PROVIDERS:
+            raise SettingsError(f"{settings.source}: catalog.{entry.name}.provider: unknown provider "
+                                f"{entry.provider!r}")
+    setup_logging(settings.log_level)
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["portico"] = Gateway(settings)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(unified.bp)
+    app.register_blueprint(proxy.bp)  # last: the catch-all must never shadow a unified route
+    cli.register(app)
+    _register_error_handlers(app)
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    from app.errors import GatewayError, InternalError, MethodNotAllowed
+    from app.routes.common import error_response
+
+    @app.errorhandler(GatewayError)
+    def gateway_error(err: GatewayError) -> Response:
+        return error_response(err, g.get("ctx"))
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> Response:
+        if isinstance(err, WerkzeugMethodNotAllowed):
+            allowed = sorted(m for m in (err.valid_methods or []) if m not in ("HEAD", "OPTIONS"))
+            from flask import request
+            return error_response(MethodNotAllowed(request.method, allowed), g.get("ctx"))
+        plain = GatewayError(f"{err.name}: {err.description}")
+        plain.status = err.code or 500
+        return error_response(plain, g.get("ctx"))
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception) -> Response:
+        ctx = g.get("ctx")
+        log.error("unexpected error trace_id=%s", getattr(ctx, "trace_id", None), exc_info=err)
+        return error_response(InternalError(), ctx)

@@ -1,0 +1,106 @@
+"""Errors the gateway raises itself, and the one place that renders them as JSON.
+
+GatewayError                      status, message; rendered {"status": "failure", "message": ...}
+├── BadRequest                    400
+│   ├── InvalidConfig             400, with "errors": ["path: ..., message: ..."]
+│   └── InvalidCustomHost         400 "Invalid custom host"
+├── Unauthorized                  401
+├── MethodNotAllowed              405, with Allow
+├── PayloadTooLarge               413
+├── UpstreamTimeout               408, OpenAI-style error body (SPEC 9.2)
+└── UpstreamUnreachable           502, x-portkey-gateway-exception: true
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """A failure the gateway answers with its own JSON body."""
+
+    status = 500
+    gateway_exception = False
+
+    def __init__(self, message: str, *, errors: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON body of this error."""
+        body: dict[str, Any] = {"status": "failure", "message": self.message}
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+class BadRequest(GatewayError):
+    """The request (headers, config, body) is not acceptable."""
+
+    status = 400
+
+
+class InvalidConfig(BadRequest):
+    """The config failed validation; `errors` names each problem with its path."""
+
+
+class InvalidCustomHost(BadRequest):
+    """A custom host that the custom-host policy refuses."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Invalid custom host", errors=[reason])
+
+
+class Unauthorized(GatewayError):
+    """Missing or unknown gateway key."""
+
+    status = 401
+
+
+class MethodNotAllowed(GatewayError):
+    """The method is not served on this path."""
+
+    status = 405
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__(f"Method {method} is not allowed on this path. Allowed: {', '.join(allowed)}",
+                         headers={"Allow": ", ".join(allowed)})
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is over the configured limit."""
+
+    status = 413
+
+
+class UpstreamTimeout(GatewayError):
+    """An attempt did not get response headers within the request timeout."""
+
+    status = 408
+
+    def __init__(self, timeout_ms: int) -> None:
+        super().__init__(f"Request exceeded the timeout sent in the request: {timeout_ms}ms")
+
+    def body(self) -> dict[str, Any]:
+        """Return the OpenAI-style timeout body of SPEC 9.2."""
+        return {"error": {"message": self.message, "type": "timeout_error", "param": None, "code": None}}
+
+
+class UpstreamUnreachable(GatewayError):
+    """No answer could be had from the upstream host."""
+
+    status = 502
+    gateway_exception = True
+
+
+class InternalError(GatewayError):
+    """An unexpected exception; the client only learns that something went wrong."""
+
+    status = 500
+    gateway_exception = True
+
+    def __init__(self) -> None:
+        super().__init__("Something went wrong")

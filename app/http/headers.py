@@ -1,0 +1,71 @@
+"""Which headers go upstream and which come back (SPEC 5.3, 5.4)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from app.errors import BadRequest
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Never copied upstream in proxy mode: recomputed by the HTTP client, or a credential the
+# provider's auth headers replace.
+_NOT_FORWARDED = frozenset({"host", "content-length", "expect", "authorization", "x-api-key"})
+SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key", "x-portkey-api-key",
+                            "proxy-authorization", "cookie", "x-portkey-aws-secret-access-key",
+                            "x-portkey-aws-session-token"})
+
+
+def connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    """Return the header names listed in Connection, which are hop-by-hop too."""
+    value = headers.get("connection") or ""
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+def forward_list(header_value: str | None, config_list: Iterable[str] = ()) -> tuple[str, ...]:
+    """Parse x-portkey-forward-headers (plus a config list) into lower-case names."""
+    names = [n.strip().lower() for n in (header_value or "").split(",") if n.strip()]
+    names += [n.strip().lower() for n in config_list if n.strip()]
+    if "x-portkey-forward-headers" in names:
+        raise BadRequest("x-portkey-forward-headers may not name itself")
+    return tuple(dict.fromkeys(names))
+
+
+def _checked(name: str, value: str) -> str:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise BadRequest(f"Header {name} contains a line break or NUL and cannot be forwarded")
+    return value
+
+
+def proxy_headers(client: Iterable[tuple[str, str]], ignore: frozenset[str]) -> dict[str, str]:
+    """Return the client headers a proxy call forwards upstream."""
+    items = list(client)
+    drop = HOP_BY_HOP | _NOT_FORWARDED | ignore | connection_tokens({k.lower(): v for k, v in items})
+    out: dict[str, str] = {}
+    for name, value in items:
+        lower = name.lower()
+        if lower in drop or lower.startswith("x-portkey-"):
+            continue
+        out[name] = _checked(name, value)
+    return out
+
+
+def forwarded_headers(client: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """Return the client headers named in the forward list (any route)."""
+    out: dict[str, str] = {}
+    for name in names:
+        if name in HOP_BY_HOP or name in ("host", "content-length") or name.startswith("x-portkey-"):
+            continue
+        value = client.get(name)
+        if value is not None:
+            out[name] = _checked(name, value)
+    return out
+
+
+def response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Return the upstream response headers to relay, minus hop-by-hop ones."""
+    items = list(upstream)
+    drop = HOP_BY_HOP | connection_tokens({k.lower(): v for k, v in items})
+    return [(k, v) for k, v in items if k.lower() not in drop]

@@ -1,0 +1,88 @@
+"""Logging: one JSON access line per call, secrets redacted, no tracebacks for expected stream aborts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+from flask import Response
+
+from app.pipeline.context import RequestContext
+
+access_log = logging.getLogger("portico.access")
+_SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&]*")
+_BEARER = re.compile(r"(?i)(bearer\s+|sk-[a-z]*-?)[A-Za-z0-9._~+/=-]{4,}")
+
+
+def redact(text: str) -> str:
+    """Hide secrets that could sit in a query string or message: key=..., Bearer tokens, sk- keys."""
+    return _BEARER.sub(r"\1[REDACTED]", _SECRET_QUERY.sub(r"\1[REDACTED]", text))
+
+
+def setup_logging(level: str) -> None:
+    """Send gateway logs to stderr and access lines (JSON) to stdout, once per process."""
+    app_log = logging.getLogger("app")
+    app_log.setLevel(level.upper())
+    if getattr(app_log, "_portico_configured", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    app_log.addHandler(handler)
+    app_log.propagate = False
+    access_handler = logging.StreamHandler(sys.stdout)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(access_handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    logging.getLogger("gunicorn.error").addFilter(StreamAbortFilter())
+    app_log._portico_configured = True  # type: ignore[attr-defined]
+
+
+class StreamAbortFilter(logging.Filter):
+    """Turn gunicorn's traceback for a deliberately cut stream into one plain line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "StreamAborted":
+            record.msg, record.args = "stream cut after an upstream failure: %s", (str(exc),)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def access_logged(response: Response, ctx: RequestContext) -> None:
+    """Log the call's access line once the response body has been sent (or the client left)."""
+    status = response.status_code
+
+    def write() -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(access_line(ctx, status))
+
+    response.call_on_close(write)
+
+
+def access_line(ctx: RequestContext, status: int) -> str:
+    """Return the JSON access line of a call; no bodies, no secrets."""
+    line: dict[str, Any] = {
+        "ts": round(time.time(), 3),
+        "trace_id": ctx.trace_id,
+        "key": ctx.key_name,
+        "provider": ctx.provider_slug,
+        "route": ctx.route,
+        "method": ctx.method,
+        "path": ctx.path,
+        "query": redact(ctx.query) if ctx.query else None,
+        "status": status,
+        "upstream_status": ctx.upstream_status,
+        "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
+        "upstream_ms": round(ctx.upstream_ms, 2) if ctx.upstream_ms is not None else None,
+        "bytes_in": ctx.body.size if ctx.body is not None else 0,
+        "bytes_out": ctx.bytes_out,
+    }
+    if ctx.error:
+        line["error"] = redact(ctx.error)
+    return json.dumps(line, separators=(",", ":"))

@@ -1,0 +1,64 @@
+"""The gateway's own request headers: trace id, metadata, timeout, forward list (SPEC 2)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from app.errors import BadRequest
+from app.http.headers import forward_list
+from app.pipeline.context import UNIFIED, RequestContext
+
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+def assign_trace_id(ctx: RequestContext) -> None:
+    """Take the client's trace id, or make one, before anything can fail."""
+    ctx.trace_id = ctx.headers.get("x-portkey-trace-id") or str(uuid.uuid4())
+
+
+def read_gateway_headers(ctx: RequestContext) -> None:
+    """Parse the x-portkey-* headers every route honours."""
+    ctx.metadata = parse_metadata(ctx.headers.get("x-portkey-metadata"))
+    ctx.timeout_ms = parse_timeout(ctx.headers.get("x-portkey-request-timeout"))
+    ctx.forward = forward_list(ctx.headers.get("x-portkey-forward-headers"))
+
+
+def parse_metadata(raw: str | None) -> dict[str, object]:
+    """Parse x-portkey-metadata, which must be a JSON object."""
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as err:
+        raise BadRequest("Invalid x-portkey-metadata header: not valid JSON",
+                         errors=[f"x-portkey-metadata: {err.msg} at position {err.pos}"]) from None
+    if not isinstance(value, dict):
+        raise BadRequest("Invalid x-portkey-metadata header: must be a JSON object of string tags")
+    return value
+
+
+def parse_timeout(raw: str | None) -> int | None:
+    """Parse x-portkey-request-timeout (milliseconds, a positive integer)."""
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip()
+    if not value.isdigit() or not 0 < int(value) <= MAX_TIMEOUT_MS:
+        raise BadRequest("Invalid x-portkey-request-timeout header: must be a whole number of "
+                         f"milliseconds between 1 and {MAX_TIMEOUT_MS}")
+    return int(value)
+
+
+_UNIFIED_CONTENT_TYPES = ("application/json", "multipart/form-data", "application/octet-stream")
+
+
+def check_content_type(ctx: RequestContext, has_body: bool) -> None:
+    """Refuse a body of a content type the unified routes cannot read (SPEC 2)."""
+    if ctx.route != UNIFIED or not has_body:
+        return
+    media = (ctx.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media in _UNIFIED_CONTENT_TYPES or media.startswith("audio/"):
+        return
+    raise BadRequest("Invalid content type passed",
+                     errors=[f"content-type {media or '(none)'!r} is not one of application/json, "
+                             "multipart/form-data, audio/*, application/octet-stream"])

@@ -1,0 +1,177 @@
+"""The upstream call: URL, headers, send, and the one place transport errors are translated."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import ssl
+import time
+from typing import Iterator
+from urllib.parse import urlencode, urlsplit
+
+import requests
+import urllib3
+
+from app.errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
+from app.http.headers import forwarded_headers, proxy_headers
+from app.http.hosts import HostPolicy, PinnedHost
+from app.pipeline.context import PROXY, RequestContext, Target
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+CHUNK = 64 * 1024
+
+
+class StreamAborted(Exception):
+    """The upstream broke off after the answer started; the client connection must be cut, not ended cleanly."""
+
+
+def upstream_url(ctx: RequestContext, target: Target, policy: HostPolicy) -> tuple[str, PinnedHost | None]:
+    """Return the upstream URL of this call and the checked custom host, if one is used."""
+    pinned = None
+    if target.custom_host:
+        pinned = policy.check(target.custom_host)
+        base = pinned.base_url
+    else:
+        base = target.provider.base_for(target.options)
+    if ctx.route == PROXY:
+        path, extra = ctx.rest, {}
+    else:
+        path, extra = target.provider.unified_path(ctx.rest, target.options)
+    query = "&".join(q for q in (ctx.query, urlencode(extra)) if q)
+    return base.rstrip("/") + path + ("?" + query if query else ""), pinned
+
+
+def upstream_headers(ctx: RequestContext, target: Target, settings: Settings) -> dict[str, str]:
+    """Return the headers sent upstream: the route's policy, the forward list, then the provider's auth."""
+    if ctx.route == PROXY:
+        headers = proxy_headers(ctx.header_items, frozenset(settings.ignore_headers))
+    else:
+        headers = {}
+        if ctx.headers.get("content-type"):
+            headers["Content-Type"] = ctx.headers["content-type"]
+    headers.update(forwarded_headers(ctx.headers, ctx.forward))
+    headers.update(target.provider.auth_headers(target.credential, target.options, ctx.headers))
+    return headers
+
+
+def send(ctx: RequestContext, session: requests.Session, policy: HostPolicy,
+         settings: Settings) -> requests.Response:
+    """Make one attempt; return the response with its body still unread."""
+    assert ctx.target is not None
+    url, pinned = upstream_url(ctx, ctx.target, policy)
+    ctx.upstream_url = url
+    headers = upstream_headers(ctx, ctx.target, settings)
+    payload = ctx.body.payload() if ctx.body is not None else None
+    try:
+        prepared = requests.Request(ctx.method, url, headers=headers, data=payload).prepare()
+    except (requests.exceptions.InvalidURL, ValueError) as err:
+        raise BadRequest(f"The upstream URL is not valid: {type(err).__name__}") from err
+    if pinned is not None and pinned.address is not None and pinned.address != pinned.host:
+        prepared.pinned_address = pinned.address  # type: ignore[attr-defined]
+        prepared.headers["Host"] = _host_header(pinned)
+    timeout = _timeouts(ctx, settings)
+    extra = session.merge_environment_settings(url, {}, None, None, None) if session.trust_env else {}
+    sent = time.perf_counter()
+    try:
+        # The adapter, not Session.send: the session's redirect handling would read (and decode) a 3xx body.
+        response = session.get_adapter(url).send(prepared, stream=True, timeout=timeout,
+                                                 proxies=extra.get("proxies"))
+    except requests.exceptions.RequestException as err:
+        raise _translate(err, url, ctx.timeout_ms) from err
+    finally:
+        ctx.upstream_ms = (time.perf_counter() - sent) * 1000
+    if ctx.timeout_ms is not None:
+        # The request timeout covers the wait for headers; a started answer is not cut by it.
+        _set_read_timeout(response, settings.read_timeout_s)
+    return response
+
+
+def relay(response: requests.Response, ctx: RequestContext) -> Iterator[bytes]:
+    """Yield the upstream body as it arrives, compressed bytes untouched; release the connection after."""
+    finished = False
+    raw = response.raw
+    try:
+        while True:
+            chunk = raw.read1(CHUNK, decode_content=False)
+            if not chunk:
+                break
+            ctx.bytes_out += len(chunk)
+            yield chunk
+        finished = True
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        ctx.error = f"upstream broke off mid-answer: {cause_of(err)}"
+        log.warning("trace_id=%s %s after %d bytes", ctx.trace_id, ctx.error, ctx.bytes_out)
+        raise StreamAborted(ctx.error) from None
+    finally:
+        if not finished:
+            raw.close()  # an unread rest would poison a pooled connection
+        raw.release_conn()
+
+
+def _timeouts(ctx: RequestContext, settings: Settings) -> tuple[float, float]:
+    if ctx.timeout_ms is not None:
+        seconds = ctx.timeout_ms / 1000
+        return (seconds, seconds)
+    return (settings.connect_timeout_s, settings.read_timeout_s)
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _host_header(pinned: PinnedHost) -> str:
+    default = 443 if pinned.scheme == "https" else 80
+    return pinned.host if pinned.port == default else f"{pinned.host}:{pinned.port}"
+
+
+def _translate(err: requests.exceptions.RequestException, url: str,
+               timeout_ms: int | None) -> Exception:
+    """Turn a transport failure into the gateway error the client sees (408 or 502)."""
+    host = urlsplit(url).hostname or "the upstream"
+    timed_out = isinstance(err, (requests.exceptions.Timeout,)) or _has(err, socket.timeout, TimeoutError)
+    if timed_out and timeout_ms is not None:
+        return UpstreamTimeout(timeout_ms)
+    return UpstreamUnreachable(f"Could not get an answer from upstream host {host}: {cause_of(err)}")
+
+
+def cause_of(err: BaseException) -> str:
+    """Name the root cause of a transport failure in a few words, without URLs or secrets."""
+    if _has(err, ConnectionRefusedError):
+        return "connection refused"
+    if _has(err, ConnectionResetError) or "reset" in str(err).lower():
+        return "connection reset by peer"
+    if _has(err, socket.gaierror) or "resolve" in str(err).lower():
+        return "the host name does not resolve"
+    if _has(err, ssl.SSLError):
+        return "TLS handshake failed"
+    if _has(err, socket.timeout, TimeoutError) or isinstance(err, requests.exceptions.Timeout):
+        return "timed out"
+    if _has(err, http.client.BadStatusLine, http.client.LineTooLong) or "BadStatusLine" in repr(err):
+        return "the answer was not valid HTTP"
+    if _has(err, http.client.RemoteDisconnected, http.client.IncompleteRead) \
+            or isinstance(err, urllib3.exceptions.ProtocolError):
+        return "the connection closed before a complete answer"
+    return type(err).__name__
+
+
+def _has(err: BaseException, *kinds: type[BaseException]) -> bool:
+    """Return True when the error, or anything in its cause chain or args, is one of the kinds."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kinds):
+            return True
+        for nxt in (current.__cause__, current.__context__, getattr(current, "reason", None),
+                    *[a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return False

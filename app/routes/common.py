@@ -1,0 +1,108 @@
+"""What every gateway view shares: build the context, run the pipeline, relay the answer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote, unquote
+
+import requests
+from flask import Response, current_app, g, request
+
+from app.errors import BadRequest, GatewayError
+from app.http.headers import response_headers
+from app.logs import access_logged
+from app.pipeline import Gateway
+from app.pipeline.context import RequestContext
+from app.pipeline.inbound import assign_trace_id
+from app.pipeline.upstream import relay
+
+_ENCODED_SEPARATOR = re.compile(r"%(25)*(2f|5c)", re.IGNORECASE)
+
+
+def gateway() -> Gateway:
+    """Return this app's Gateway."""
+    return current_app.extensions["portico"]  # type: ignore[no-any-return]
+
+
+def serve(route: str, endpoint: str | None = None, unified_format: str | None = None) -> Response:
+    """Handle one gateway call on any route."""
+    environ = request.environ
+    ctx = RequestContext(method=request.method, path=raw_path(environ), query=environ.get("QUERY_STRING", ""),
+                         headers=request.headers, header_items=list(request.headers.items()), route=route,
+                         endpoint=endpoint, unified_format=unified_format)
+    g.ctx = ctx
+    assign_trace_id(ctx)
+    check_path(ctx.path)
+    chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
+    declared = None if chunked else (request.content_length or 0)
+    stream = environ["wsgi.input"] if declared is None else request.stream
+    upstream_response = gateway().run(ctx, stream, declared)
+    return relayed(upstream_response, ctx)
+
+
+def relayed(upstream_response: requests.Response, ctx: RequestContext) -> Response:
+    """Return the client response that streams the upstream answer as it arrives."""
+    ctx.upstream_status = upstream_response.status_code
+    headers = response_headers(upstream_response.raw.headers.items())
+    status = f"{upstream_response.status_code} {upstream_response.reason or ''}".strip()
+    response = Response(relay(upstream_response, ctx), status=status, headers=headers, direct_passthrough=True)
+    if not any(k.lower() == "content-type" for k, _ in headers):
+        del response.headers["Content-Type"]
+    return finish(response, ctx)
+
+
+def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
+    """Render a gateway error as its JSON body with the gateway's headers."""
+    response = current_app.json.response(err.body())
+    response.status_code = err.status
+    for name, value in err.headers.items():
+        response.headers[name] = value
+    if err.gateway_exception:
+        response.headers["x-portkey-gateway-exception"] = "true"
+    if ctx is not None:
+        ctx.error = err.message
+    return finish(response, ctx)
+
+
+def finish(response: Response, ctx: RequestContext | None) -> Response:
+    """Add the gateway's response headers (SPEC 10) and log the call when its body is done."""
+    if ctx is None:
+        return response
+    headers = response.headers
+    if ctx.trace_id:
+        headers["x-portkey-trace-id"] = ctx.trace_id
+    if ctx.upstream_status is not None and ctx.target is not None:
+        headers["x-portkey-provider"] = ctx.target.provider.slug
+        headers["x-portkey-retry-attempt-count"] = str(ctx.retry_count)
+        headers["x-portkey-cache-status"] = "DISABLED"
+        if ctx.option_index:
+            headers["x-portkey-last-used-option-index"] = ctx.option_index
+    access_logged(response, ctx)
+    return response
+
+
+def raw_path(environ: dict[str, Any]) -> str:
+    """Return the request path as the client wrote it (percent-escapes intact), without the query."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        path = raw.split("?", 1)[0]
+        if path.startswith("/"):
+            return path
+        if "://" in path:  # absolute-form request target
+            return "/" + path.split("://", 1)[1].partition("/")[2]
+    return quote(environ.get("PATH_INFO", "/"), safe="/:@!$&'()*+,;=-._~%")
+
+
+def check_path(path: str) -> None:
+    """Refuse a path that climbs out of its base (dot segments, encoded separators)."""
+    if _ENCODED_SEPARATOR.search(path):
+        raise BadRequest("Invalid path: encoded slashes or backslashes are not allowed")
+    decoded = path
+    for _ in range(4):  # undo double and triple encoding too
+        step = unquote(decoded)
+        if step == decoded:
+            break
+        decoded = step
+    if "\\" in decoded or any(seg in (".", "..") for seg in decoded.split("/")):
+        raise BadRequest("Invalid path: '.' and '..' segments are not allowed")

@@ -1,0 +1,265 @@
+"""Settings: the only reader of os.environ and the gateway file (TOML)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_BIND = "127.0.0.1:8787"
+DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
+DEFAULT_SPOOL_MEMORY_BYTES = 1024 * 1024
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Catalog fields that name how to reach a provider (SPEC 4.2); api_key is the credential.
+CATALOG_FIELDS = (
+    "provider", "api_key", "custom_host", "resource_name", "deployment_id", "api_version",
+    "aws_region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+    "vertex_project_id", "vertex_region", "openai_organization", "openai_project",
+    "anthropic_version", "anthropic_beta",
+)
+
+
+class SettingsError(Exception):
+    """The gateway file or environment is unusable; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class GatewayKey:
+    """A gateway key: its name (for logs) and the SHA-256 of its value."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A Model Catalog entry (`@name`): a provider slug plus its credential and options."""
+
+    name: str
+    provider: str
+    api_key: str | None = None
+    custom_host: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"CatalogEntry(name={self.name!r}, provider={self.provider!r}, api_key=<redacted>)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway reads at start-up, frozen."""
+
+    bind: str = DEFAULT_BIND
+    workers: int = 1
+    threads: int = 32
+    log_level: str = "info"
+    source: str = "built-in defaults"
+    keys: tuple[GatewayKey, ...] = ()
+    custom_hosts_allow: tuple[str, ...] = ()
+    catalog: Mapping[str, CatalogEntry] = field(default_factory=dict)
+    configs: Mapping[str, Any] = field(default_factory=dict)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    spool_memory_bytes: int = DEFAULT_SPOOL_MEMORY_BYTES
+    backoff_base_ms: int = 1000
+    trust_env: bool = False
+    ignore_headers: tuple[str, ...] = ()
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    access_log: bool = True
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def open_mode(self) -> bool:
+        """Return True when no gateway key is configured."""
+        return not self.keys
+
+
+def bind_is_loopback(bind: str) -> bool:
+    """Return True when a gunicorn bind address only listens on loopback."""
+    if bind.startswith("unix:"):
+        return True
+    host = bind.rsplit(":", 1)[0] if not bind.startswith("[") else bind[1:bind.index("]")]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_workers() -> int:
+    """Return 2 × cores + 1, capped at 8 (threads carry the concurrency)."""
+    return min(2 * (os.cpu_count() or 1) + 1, 8)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, path: str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read the gateway file and the environment into frozen Settings."""
+    env = os.environ if environ is None else environ
+    file_path = path or env.get("GATEWAY_CONFIG") or ("gateway.toml" if Path("gateway.toml").exists() else None)
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if file_path:
+        data = _read_toml(file_path)
+        source = file_path
+    if overrides:
+        data = {**data, **overrides}
+    reader = _Reader(source, env)
+    return Settings(
+        bind=env.get("GATEWAY_BIND") or DEFAULT_BIND,
+        workers=reader.env_int("GATEWAY_WORKERS", default_workers()),
+        threads=reader.env_int("GATEWAY_THREADS", 32),
+        log_level=reader.log_level(env.get("GATEWAY_LOG_LEVEL", "info")),
+        source=source,
+        keys=reader.keys(data.get("keys", [])),
+        custom_hosts_allow=tuple(reader.str_list(data.get("custom_hosts", {}), "custom_hosts", "allow")),
+        catalog=reader.catalog(data.get("catalog", {})),
+        configs=reader.table(data.get("configs", {}), "configs"),
+        max_body_bytes=reader.int_in(data.get("limits", {}), "limits", "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
+        spool_memory_bytes=reader.int_in(data.get("limits", {}), "limits", "spool_memory_bytes",
+                                         DEFAULT_SPOOL_MEMORY_BYTES),
+        backoff_base_ms=reader.int_in(data.get("retry", {}), "retry", "backoff_base_ms", 1000),
+        trust_env=reader.bool_in(data.get("upstream", {}), "upstream", "trust_env", False),
+        ignore_headers=tuple(h.lower() for h in reader.str_list(data.get("proxy", {}), "proxy", "ignore_headers")),
+        connect_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "connect_timeout_ms", 10_000) / 1000,
+        read_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "read_timeout_ms", 600_000) / 1000,
+        access_log=reader.bool_in(data.get("logs", {}), "logs", "access_log", True),
+        raw=data,
+    )
+
+
+def check_start(settings: Settings) -> str | None:
+    """Refuse an open gateway off loopback; return the warning line for an open one on loopback."""
+    if not settings.open_mode:
+        return None
+    if not bind_is_loopback(settings.bind):
+        raise SettingsError(
+            f"refusing to start: no gateway keys are configured ({settings.source}) and the bind address "
+            f"{settings.bind} is not loopback; add [[keys]] to the gateway file or bind to 127.0.0.1")
+    return (f"no gateway keys configured ({settings.source}): running OPEN, "
+            f"any local client may call on {settings.bind}")
+
+
+def hash_key(value: str) -> str:
+    """Return the SHA-256 hex digest that the gateway file stores for a key."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _read_toml(file_path: str) -> dict[str, Any]:
+    try:
+        with open(file_path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as err:
+        raise SettingsError(f"{file_path}: file not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{file_path}: not valid TOML: {err}") from err
+
+
+class _Reader:
+    """Reads sections of the gateway file, naming the file and key in every error."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+
+    def fail(self, where: str, problem: str) -> SettingsError:
+        return SettingsError(f"{self.source}: {where}: {problem}")
+
+    def value(self, raw: Any, where: str) -> Any:
+        """Resolve `env:NAME` strings from the environment."""
+        if isinstance(raw, str) and raw.startswith("env:"):
+            name = raw[4:]
+            if name not in self.env or self.env[name] == "":
+                raise self.fail(where, f"environment variable {name} is not set")
+            return self.env[name]
+        return raw
+
+    def string(self, raw: Any, where: str) -> str:
+        val = self.value(raw, where)
+        if not isinstance(val, str) or not val:
+            raise self.fail(where, "must be a non-empty string")
+        return val
+
+    def table(self, raw: Any, where: str) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(where, "must be a table")
+        return raw
+
+    def str_list(self, section: Any, name: str, key: str) -> list[str]:
+        raw = self.table(section, name).get(key, [])
+        if not isinstance(raw, list):
+            raise self.fail(f"{name}.{key}", "must be a list of strings")
+        return [self.string(item, f"{name}.{key}[{i}]") for i, item in enumerate(raw)]
+
+    def int_in(self, section: Any, name: str, key: str, default: int) -> int:
+        raw = self.value(self.table(section, name).get(key, default), f"{name}.{key}")
+        try:
+            val = int(raw)
+        except (TypeError, ValueError):
+            raise self.fail(f"{name}.{key}", f"must be an integer, got {raw!r}") from None
+        if val < 0 or isinstance(raw, bool):
+            raise self.fail(f"{name}.{key}", "must be a non-negative integer")
+        return val
+
+    def bool_in(self, section: Any, name: str, key: str, default: bool) -> bool:
+        raw = self.value(self.table(section, name).get(key, default), f"{name}.{key}")
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        if not isinstance(raw, bool):
+            raise self.fail(f"{name}.{key}", "must be true or false")
+        return raw
+
+    def env_int(self, name: str, default: int) -> int:
+        raw = self.env.get(name)
+        if raw in (None, ""):
+            return default
+        if not raw.isdigit() or int(raw) < 1:
+            raise SettingsError(f"environment: {name}: must be a positive integer, got {raw!r}")
+        return int(raw)
+
+    def log_level(self, raw: str) -> str:
+        if raw.lower() not in _LOG_LEVELS:
+            raise SettingsError(f"environment: GATEWAY_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}")
+        return raw.lower()
+
+    def keys(self, raw: Any) -> tuple[GatewayKey, ...]:
+        if not isinstance(raw, list):
+            raise self.fail("keys", "must be an array of tables ([[keys]])")
+        keys: list[GatewayKey] = []
+        for i, item in enumerate(raw):
+            where = f"keys[{i}]"
+            item = self.table(item, where)
+            name = self.string(item.get("name"), f"{where}.name")
+            if ("sha256" in item) == ("key" in item):
+                raise self.fail(where, "give exactly one of sha256 or key")
+            if "sha256" in item:
+                digest = self.string(item["sha256"], f"{where}.sha256").lower()
+                if not _HEX64.match(digest):
+                    raise self.fail(f"{where}.sha256", "must be 64 hex characters (SHA-256 of the key)")
+            else:
+                digest = hash_key(self.string(item["key"], f"{where}.key"))
+            keys.append(GatewayKey(name=name, sha256=digest))
+        return tuple(keys)
+
+    def catalog(self, raw: Any) -> dict[str, CatalogEntry]:
+        entries: dict[str, CatalogEntry] = {}
+        for name, item in self.table(raw, "catalog").items():
+            where = f"catalog.{name}"
+            item = self.table(item, where)
+            unknown = sorted(set(item) - set(CATALOG_FIELDS))
+            if unknown:
+                raise self.fail(where, f"unknown field {unknown[0]!r}")
+            values = {k: self.string(v, f"{where}.{k}") for k, v in item.items()}
+            if "provider" not in values:
+                raise self.fail(where, "provider is required")
+            options = {k: v for k, v in values.items() if k not in ("provider", "api_key", "custom_host")}
+            entries[name] = CatalogEntry(name=name, provider=values["provider"], api_key=values.get("api_key"),
+                                         custom_host=values.get("custom_host"), options=options)
+        return entries

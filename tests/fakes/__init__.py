@@ -1,0 +1,1 @@
+"""Test doubles that run as real loopback servers (see provider.py)."""
