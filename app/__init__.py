@@ -19,15 +19,10 @@ def create_app(settings: Any = None) -> Flask:
     from app import cli
     from app.logs import setup_logging
     from app.pipeline import Gateway
-    from app.providers.registry import PROVIDERS
     from app.routes import health, proxy, unified
-    from app.settings import SettingsError, load_settings
+    from app.settings import load_settings
 
     settings = settings or load_settings()
-    for entry in settings.catalog.values():
-        if entry.provider not in PROVIDERS:
-            raise SettingsError(f"{settings.source}: catalog.{entry.name}.provider: unknown provider "
-                                f"{entry.provider!r}")
     setup_logging(settings.log_level)
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -7,9 +7,8 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
-
-from flask import Response
 
 from app.pipeline.context import RequestContext
 
@@ -27,6 +26,8 @@ def setup_logging(level: str) -> None:
     """Send gateway logs to stderr and access lines (JSON) to stdout, once per process."""
     app_log = logging.getLogger("app")
     app_log.setLevel(level.upper())
+    # gunicorn's logging set-up disables loggers that existed before it (ours, via gunicorn.conf.py).
+    app_log.disabled = access_log.disabled = False
     if getattr(app_log, "_portico_configured", False):
         return
     handler = logging.StreamHandler(sys.stderr)
@@ -54,15 +55,12 @@ class StreamAbortFilter(logging.Filter):
         return True
 
 
-def access_logged(response: Response, ctx: RequestContext) -> None:
-    """Log the call's access line once the response body has been sent (or the client left)."""
-    status = response.status_code
-
+def access_logger(ctx: RequestContext, status: int) -> Callable[[], None]:
+    """Return the callback that logs the call's access line once its body was sent (or the client left)."""
     def write() -> None:
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(access_line(ctx, status))
-
-    response.call_on_close(write)
+    return write
 
 
 def access_line(ctx: RequestContext, status: int) -> str:

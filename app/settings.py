@@ -7,9 +7,12 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from app.providers.registry import PROVIDERS
 
 DEFAULT_BIND = "127.0.0.1:8787"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -259,6 +262,8 @@ class _Reader:
             values = {k: self.string(v, f"{where}.{k}") for k, v in item.items()}
             if "provider" not in values:
                 raise self.fail(where, "provider is required")
+            if values["provider"] not in PROVIDERS:
+                raise self.fail(f"{where}.provider", f"unknown provider {values['provider']!r}")
             options = {k: v for k, v in values.items() if k not in ("provider", "api_key", "custom_host")}
             entries[name] = CatalogEntry(name=name, provider=values["provider"], api_key=values.get("api_key"),
                                          custom_host=values.get("custom_host"), options=options)

@@ -13,6 +13,7 @@ from app.pipeline import auth, inbound, resolve, upstream
 from app.pipeline.context import RequestContext
 from app.settings import Settings
 
+
 class Gateway:
     """The per-process gateway: settings, custom-host policy, upstream sessions and the stages."""
 

@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -88,26 +88,50 @@ def send(ctx: RequestContext, session: requests.Session, policy: HostPolicy,
     return response
 
 
-def relay(response: requests.Response, ctx: RequestContext) -> Iterator[bytes]:
-    """Yield the upstream body as it arrives, compressed bytes untouched; release the connection after."""
-    finished = False
-    raw = response.raw
-    try:
-        while True:
-            chunk = raw.read1(CHUNK, decode_content=False)
-            if not chunk:
-                break
-            ctx.bytes_out += len(chunk)
-            yield chunk
-        finished = True
-    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
-        ctx.error = f"upstream broke off mid-answer: {cause_of(err)}"
-        log.warning("trace_id=%s %s after %d bytes", ctx.trace_id, ctx.error, ctx.bytes_out)
-        raise StreamAborted(ctx.error) from None
-    finally:
-        if not finished:
-            raw.close()  # an unread rest would poison a pooled connection
-        raw.release_conn()
+class Relay:
+    """The upstream body as a WSGI iterable: chunks as they arrive, compressed bytes untouched.
+
+    gunicorn calls close() when the body is done or the client left; that releases (or drops) the
+    upstream connection and runs the on-close callbacks (the access line).
+    """
+
+    def __init__(self, response: requests.Response, ctx: RequestContext,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.response = response
+        self.ctx = ctx
+        self.on_close = on_close
+        self.finished = False
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = self.response.raw.read1(CHUNK, decode_content=False)
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+            self.ctx.error = f"upstream broke off mid-answer: {cause_of(err)}"
+            log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)
+            raise StreamAborted(self.ctx.error) from None
+        if not chunk:
+            self.finished = True
+            raise StopIteration
+        self.ctx.bytes_out += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Release the upstream connection (drop it if the body was not read to the end)."""
+        if self.closed:
+            return
+        self.closed = True
+        raw = self.response.raw
+        try:
+            if not self.finished:
+                raw.close()  # an unread rest would poison a pooled connection
+            raw.release_conn()
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
 
 def _timeouts(ctx: RequestContext, settings: Settings) -> tuple[float, float]:

@@ -11,11 +11,11 @@ from flask import Response, current_app, g, request
 
 from app.errors import BadRequest, GatewayError
 from app.http.headers import response_headers
-from app.logs import access_logged
+from app.logs import access_logger
 from app.pipeline import Gateway
 from app.pipeline.context import RequestContext
 from app.pipeline.inbound import assign_trace_id
-from app.pipeline.upstream import relay
+from app.pipeline.upstream import Relay
 
 _ENCODED_SEPARATOR = re.compile(r"%(25)*(2f|5c)", re.IGNORECASE)
 
@@ -46,10 +46,12 @@ def relayed(upstream_response: requests.Response, ctx: RequestContext) -> Respon
     ctx.upstream_status = upstream_response.status_code
     headers = response_headers(upstream_response.raw.headers.items())
     status = f"{upstream_response.status_code} {upstream_response.reason or ''}".strip()
-    response = Response(relay(upstream_response, ctx), status=status, headers=headers, direct_passthrough=True)
+    body = Relay(upstream_response, ctx, on_close=access_logger(ctx, upstream_response.status_code))
+    # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
+    response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):
         del response.headers["Content-Type"]
-    return finish(response, ctx)
+    return with_gateway_headers(response, ctx)
 
 
 def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
@@ -60,15 +62,15 @@ def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
         response.headers[name] = value
     if err.gateway_exception:
         response.headers["x-portkey-gateway-exception"] = "true"
-    if ctx is not None:
-        ctx.error = err.message
-    return finish(response, ctx)
-
-
-def finish(response: Response, ctx: RequestContext | None) -> Response:
-    """Add the gateway's response headers (SPEC 10) and log the call when its body is done."""
     if ctx is None:
         return response
+    ctx.error = err.message
+    response.call_on_close(access_logger(ctx, err.status))
+    return with_gateway_headers(response, ctx)
+
+
+def with_gateway_headers(response: Response, ctx: RequestContext) -> Response:
+    """Add the gateway's response headers (SPEC 10)."""
     headers = response.headers
     if ctx.trace_id:
         headers["x-portkey-trace-id"] = ctx.trace_id
@@ -78,7 +80,6 @@ def finish(response: Response, ctx: RequestContext | None) -> Response:
         headers["x-portkey-cache-status"] = "DISABLED"
         if ctx.option_index:
             headers["x-portkey-last-used-option-index"] = ctx.option_index
-    access_logged(response, ctx)
     return response
 
 

@@ -834,6 +834,15 @@ class FakeProvider:
         with self._changed:
             return self._connections
 
+    @property
+    def open_connections(self) -> int:
+        """Return how many TCP connections are open right now."""
+        server = self._server
+        if server is None:
+            return 0
+        with server._open_lock:
+            return len(server._open)
+
     def reset(self) -> None:
         """Forget received requests, the script and the connection count."""
         with self._changed:

@@ -221,8 +221,8 @@ def test_body_over_limit_is_413_before_upstream(app_factory, upstream) -> None:
 
 
 def test_crlf_in_forwarded_header_is_refused(client: FlaskClient) -> None:
-    from app.http.headers import forwarded_headers
     from app.errors import BadRequest
+    from app.http.headers import forwarded_headers
     with pytest.raises(BadRequest):
         forwarded_headers({"x-a": "v\r\nInjected: 1"}, ["x-a"])
 

@@ -1,0 +1,88 @@
+"""Upstreams on loopback: nginx answering a fixed rerank body (fast), or the Python fake provider."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import LOOPBACK, Proc, Procs, ensure_tool, free_port, pinned, wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+RERANK_ANSWER = {
+    "id": "bench-rerank",
+    "results": [{"index": 0, "relevance_score": 0.91}, {"index": 1, "relevance_score": 0.12}],
+    "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
+}
+
+
+@dataclass
+class Upstream:
+    """A running upstream: what it is, where it listens, its process."""
+
+    label: str
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, e.g. http://127.0.0.1:54321."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+def nginx_conf(workdir: Path, port: int) -> str:
+    """Return an nginx config that listens on loopback only and answers /v1/rerank with a fixed JSON body."""
+    body = json.dumps(RERANK_ANSWER, separators=(",", ":")).replace("'", "\\'")
+    temp = {name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    return f"""worker_processes 1;
+pid {workdir / "nginx.pid"};
+error_log {workdir / "nginx-error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 10000000;
+    client_body_temp_path {temp["client_body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    server {{
+        listen {LOOPBACK}:{port};
+        default_type application/json;
+        location = /v1/rerank {{ return 200 '{body}'; }}
+        location / {{ return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"""
+
+
+def nginx_version(binary: str) -> str:
+    """Return e.g. 'nginx 1.22.1'."""
+    result = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (result.stderr or result.stdout).strip().replace("nginx version: nginx/", "nginx ")
+
+
+def start_nginx(procs: Procs, workdir: Path, cpus: str | None) -> Upstream | None:
+    """Start nginx with a config in workdir; None when nginx is not installed and cannot be."""
+    binary = ensure_tool("nginx", "nginx-light")
+    if binary is None:
+        return None
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf(workdir, port))
+    cmd = [binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
+    proc = procs.start("nginx", pinned(cmd, cpus), stderr=workdir / "nginx.stderr")
+    wait_http(proc, port)
+    return Upstream(f"{nginx_version(binary)} (fixed JSON for /v1/rerank, 1 worker)", port, proc)
+
+
+def start_fake(procs: Procs, workdir: Path, cpus: str | None, name: str = "fake-provider") -> Upstream:
+    """Start the Python fake provider (tests/fakes/provider.py, record=False) on a free loopback port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.fakes.provider", "--host", LOOPBACK, "--port", str(port)]
+    proc = procs.start(name, pinned(cmd, cpus), cwd=ROOT, stderr=workdir / f"{name}.stderr")
+    wait_http(proc, port)
+    return Upstream("Python fake provider (tests/fakes/provider.py, ThreadingHTTPServer)", port, proc)
