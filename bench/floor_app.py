@@ -25,6 +25,7 @@ app = Flask(__name__)
 
 # gunicorn imports this module in each worker after the fork (no preload), so this is one pool per process.
 session = requests.Session()
+session.trust_env = False  # no proxy or netrc lookups per call: Portico does not make them either
 session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=max(THREADS, 10), max_retries=0))
 
 

@@ -26,7 +26,8 @@ class PinningAdapter(HTTPAdapter):
         hostname = host_params["host"]
         if host_params["scheme"] == "https":
             # TLS still verifies and sends SNI for the name, while the socket goes to the checked address.
-            pool_kwargs = {**pool_kwargs, "server_hostname": hostname, "assert_hostname": hostname}
+            pool_kwargs = {**pool_kwargs, "server_hostname": hostname,  # type: ignore[typeddict-unknown-key]
+                           "assert_hostname": hostname}
         return self.poolmanager.connection_from_host(
             host=address, port=host_params["port"], scheme=host_params["scheme"], pool_kwargs=pool_kwargs)
 

@@ -30,7 +30,7 @@ def parse_metadata(raw: str | None) -> dict[str, object]:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError as err:
+    except json.JSONDecodeError as err:
         raise BadRequest("Invalid x-portkey-metadata header: not valid JSON",
                          errors=[f"x-portkey-metadata: {err.msg} at position {err.pos}"]) from None
     if not isinstance(value, dict):

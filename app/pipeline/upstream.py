@@ -35,8 +35,9 @@ def upstream_url(ctx: RequestContext, target: Target, policy: HostPolicy) -> tup
         base = pinned.base_url
     else:
         base = target.provider.base_for(target.options)
+    extra: dict[str, str] = {}
     if ctx.route == PROXY:
-        path, extra = ctx.rest, {}
+        path = ctx.rest
     else:
         path, extra = target.provider.unified_path(ctx.rest, target.options)
     query = "&".join(q for q in (ctx.query, urlencode(extra)) if q)
@@ -68,16 +69,18 @@ def send(ctx: RequestContext, session: requests.Session, policy: HostPolicy,
         prepared = requests.Request(ctx.method, url, headers=headers, data=payload).prepare()
     except (requests.exceptions.InvalidURL, ValueError) as err:
         raise BadRequest(f"The upstream URL is not valid: {type(err).__name__}") from err
+    if payload is None and "content-length" not in ctx.headers:
+        prepared.headers.pop("Content-Length", None)  # a GET or DELETE without a body stays without one
     if pinned is not None and pinned.address is not None and pinned.address != pinned.host:
         prepared.pinned_address = pinned.address  # type: ignore[attr-defined]
         prepared.headers["Host"] = _host_header(pinned)
     timeout = _timeouts(ctx, settings)
-    extra = session.merge_environment_settings(url, {}, None, None, None) if session.trust_env else {}
+    proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"] if session.trust_env else None
     sent = time.perf_counter()
     try:
         # The adapter, not Session.send: the session's redirect handling would read (and decode) a 3xx body.
         response = session.get_adapter(url).send(prepared, stream=True, timeout=timeout,
-                                                 proxies=extra.get("proxies"))
+                                                 proxies=proxies)
     except requests.exceptions.RequestException as err:
         raise _translate(err, url, ctx.timeout_ms) from err
     finally:

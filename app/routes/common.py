@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
 import requests
@@ -29,14 +31,15 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     """Handle one gateway call on any route."""
     environ = request.environ
     ctx = RequestContext(method=request.method, path=raw_path(environ), query=environ.get("QUERY_STRING", ""),
-                         headers=request.headers, header_items=list(request.headers.items()), route=route,
+                         headers=cast(Mapping[str, str], request.headers),
+                         header_items=list(request.headers.items()), route=route,
                          endpoint=endpoint, unified_format=unified_format)
     g.ctx = ctx
     assign_trace_id(ctx)
     check_path(ctx.path)
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     declared = None if chunked else (request.content_length or 0)
-    stream = environ["wsgi.input"] if declared is None else request.stream
+    stream = cast(BinaryIO, environ["wsgi.input"] if declared is None else request.stream)
     upstream_response = gateway().run(ctx, stream, declared)
     return relayed(upstream_response, ctx)
 
@@ -56,8 +59,7 @@ def relayed(upstream_response: requests.Response, ctx: RequestContext) -> Respon
 
 def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
     """Render a gateway error as its JSON body with the gateway's headers."""
-    response = current_app.json.response(err.body())
-    response.status_code = err.status
+    response = current_app.response_class(json.dumps(err.body()), status=err.status, mimetype="application/json")
     for name, value in err.headers.items():
         response.headers[name] = value
     if err.gateway_exception:
