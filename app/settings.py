@@ -124,7 +124,7 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         keys=reader.keys(data.get("keys", [])),
         custom_hosts_allow=tuple(reader.str_list(data.get("custom_hosts", {}), "custom_hosts", "allow")),
         catalog=reader.catalog(data.get("catalog", {})),
-        configs=reader.table(data.get("configs", {}), "configs"),
+        configs=reader.configs(data.get("configs", {})),
         max_body_bytes=reader.int_in(data.get("limits", {}), "limits", "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
         spool_memory_bytes=reader.int_in(data.get("limits", {}), "limits", "spool_memory_bytes",
                                          DEFAULT_SPOOL_MEMORY_BYTES),
@@ -250,6 +250,20 @@ class _Reader:
                 digest = hash_key(self.string(item["key"], f"{where}.key"))
             keys.append(GatewayKey(name=name, sha256=digest))
         return tuple(keys)
+
+    def configs(self, raw: Any) -> dict[str, Any]:
+        """Validate saved configs now, so a bad one stops start-up instead of failing calls."""
+        from app.config.schema import parse_config
+        from app.errors import GatewayError
+
+        parsed: dict[str, Any] = {}
+        for config_id, config in self.table(raw, "configs").items():
+            try:
+                parsed[config_id] = parse_config(self.table(config, f"configs.{config_id}"))
+            except GatewayError as err:
+                detail = "; ".join(err.errors or []) or err.message
+                raise self.fail(f"configs.{config_id}", detail) from None
+        return parsed
 
     def catalog(self, raw: Any) -> dict[str, CatalogEntry]:
         entries: dict[str, CatalogEntry] = {}

@@ -114,9 +114,15 @@ class Procs:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        for proc in reversed(self._procs):
-            proc.stop(grace=5.0)
-        self._procs.clear()
+        # A second Ctrl-C must not cut the clean-up short.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for proc in reversed(self._procs):
+                proc.stop(grace=5.0)
+            self._procs.clear()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def run_bounded(cmd: Sequence[str], timeout: float) -> str:

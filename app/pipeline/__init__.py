@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-import requests
-
 from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
 from app.pipeline import auth, inbound, resolve, upstream
-from app.pipeline.context import RequestContext
+from app.pipeline.context import RequestContext, ResolvedTarget
+from app.pipeline.routing import Outcome, Router
 from app.settings import Settings
 
 
@@ -22,14 +21,26 @@ class Gateway:
         self.policy = HostPolicy(settings.custom_hosts_allow)
         self.sessions = SessionHolder(pool_size=max(settings.threads, 10), trust_env=settings.trust_env)
 
-    def run(self, ctx: RequestContext, stream: BinaryIO, declared_length: int | None) -> requests.Response:
-        """Run the stages, spool the body, make the upstream call; return the unread upstream response."""
-        # Order matters: authenticate before anything costly, resolve before the body is spooled.
+    def run(self, ctx: RequestContext, stream: BinaryIO, declared_length: int | None) -> Outcome:
+        """Run the stages and the config's routing; return the answering target's outcome (an answer to relay)."""
+        # Order matters: authenticate before anything costly; spool the body before routing reads it.
         auth.authenticate(ctx, self.settings)
         inbound.read_gateway_headers(ctx)
-        resolve.resolve_target(ctx, self.settings)
-        resolve.check_supported(ctx)
         inbound.check_content_type(ctx, has_body=declared_length != 0)
         ctx.body = Body.read_from(stream, declared_length, self.settings.max_body_bytes,
                                   self.settings.spool_memory_bytes)
-        return upstream.send(ctx, self.sessions.get(), self.policy, self.settings)
+        resolve.load_config(ctx, self.settings)
+        assert ctx.config is not None
+        outcome = Router(ctx, self.settings, self.send).run(ctx.config)
+        ctx.target = outcome.target
+        ctx.retry_count = outcome.retries
+        if ctx.option_index:
+            ctx.option_index = outcome.path
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome
+
+    def send(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
+             forward: tuple[str, ...]) -> upstream.Answer:
+        """Make one upstream attempt with this worker's session and the custom-host policy."""
+        return upstream.send(ctx, target, body, timeout_ms, forward, self.sessions.get(), self.policy, self.settings)

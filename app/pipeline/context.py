@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.config.models import Target as ConfigTarget
 from app.http.body import Body
 from app.providers.registry import Provider
 
+_UNSET: Any = object()
 PROXY = "proxy"
 UNIFIED = "unified"
 
 
 @dataclass(frozen=True)
-class Target:
+class ResolvedTarget:
     """Where one attempt goes: the provider, its credential and options, and an optional custom host."""
 
     provider: Provider
@@ -25,7 +28,7 @@ class Target:
     catalog_name: str | None = None
 
     def __repr__(self) -> str:
-        return f"Target(provider={self.provider.slug!r}, catalog={self.catalog_name!r}, credential=<redacted>)"
+        return f"ResolvedTarget(provider={self.provider.slug!r}, catalog={self.catalog_name!r}, credential=<redacted>)"
 
 
 @dataclass
@@ -46,7 +49,8 @@ class RequestContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     timeout_ms: int | None = None
     forward: tuple[str, ...] = ()
-    target: Target | None = None
+    target: ResolvedTarget | None = None
+    config: ConfigTarget | None = None
     body: Body | None = None
     upstream_url: str | None = None
     upstream_status: int | None = None
@@ -55,6 +59,7 @@ class RequestContext:
     option_index: str | None = None
     bytes_out: int = 0
     error: str | None = None
+    _body_json: Any = field(default=_UNSET, repr=False)
 
     @property
     def rest(self) -> str:
@@ -62,6 +67,24 @@ class RequestContext:
         if self.path.startswith("/v1/proxy/") or self.path == "/v1/proxy":
             return self.path[len("/v1/proxy"):]
         return self.path[len("/v1"):]
+
+    def body_json(self) -> Any:
+        """Return the request body parsed as JSON (once), or None when it is not a JSON body."""
+        if self._body_json is _UNSET:
+            self._body_json = None
+            media = (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+            if self.body is not None and self.body.size and (media == "application/json" or media.endswith("+json")):
+                try:
+                    self._body_json = json.loads(self.body.bytes())
+                except (ValueError, RecursionError):
+                    self._body_json = None
+        return self._body_json
+
+    def condition_context(self) -> dict[str, Any]:
+        """Return what conditional routing queries: metadata, params (the JSON body) and url."""
+        params = self.body_json()
+        return {"metadata": self.metadata, "params": params if isinstance(params, dict) else {},
+                "url": {"pathname": self.path}}
 
     @property
     def provider_slug(self) -> str | None:

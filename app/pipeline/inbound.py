@@ -33,6 +33,8 @@ def parse_metadata(raw: str | None) -> dict[str, object]:
     except json.JSONDecodeError as err:
         raise BadRequest("Invalid x-portkey-metadata header: not valid JSON",
                          errors=[f"x-portkey-metadata: {err.msg} at position {err.pos}"]) from None
+    except RecursionError:
+        raise BadRequest("Invalid x-portkey-metadata header: nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest("Invalid x-portkey-metadata header: must be a JSON object of string tags")
     return value

@@ -1,68 +1,95 @@
-"""Provider resolution: slug, Model Catalog `@name`, or a config, into one Target (SPEC 4)."""
+"""Provider resolution: the config of a call, and each leaf target into provider, credential and host (SPEC 4, 8)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
-from app.errors import BadRequest, InvalidConfig
-from app.pipeline.context import UNIFIED, RequestContext, Target
+from app.config.models import Target
+from app.config.schema import parse_config
+from app.errors import BadRequest
+from app.http.body import Body
+from app.pipeline.context import UNIFIED, RequestContext, ResolvedTarget
 from app.providers.registry import get_provider, header_options
-from app.settings import CATALOG_FIELDS, Settings
+from app.settings import Settings
 
-_TARGET_FIELDS = frozenset(CATALOG_FIELDS) | {"custom_host"}
+NO_PROVIDER = ("Either x-portkey-provider needs to be passed. Or the x-portkey-config header should have a valid "
+               "config with provider details in it.")
 
 
-def resolve_target(ctx: RequestContext, settings: Settings) -> None:
-    """Decide which provider (and credential) this call goes to."""
+def load_config(ctx: RequestContext, settings: Settings) -> None:
+    """Set the call's config: from x-portkey-config (JSON or saved id), else a single-provider one."""
     raw_config = ctx.headers.get("x-portkey-config")
-    provider_header = ctx.headers.get("x-portkey-provider")
     if raw_config:
-        ctx.target = _from_config(load_config(raw_config, settings), ctx, settings)
+        text = raw_config.strip()
+        saved = settings.configs.get(text)
+        ctx.config = saved if isinstance(saved, Target) else parse_config_text(text)
         ctx.option_index = "config"
-    elif provider_header:
-        ctx.target = build_target(provider_header.strip(), {}, ctx, settings)
+    elif ctx.headers.get("x-portkey-provider") or _catalog_model(ctx):
+        ctx.config = Target()
     else:
         raise BadRequest("Either x-portkey-config or x-portkey-provider header is required")
 
 
-def load_config(raw: str, settings: Settings) -> dict[str, Any]:
-    """Return the config named by a saved id, or parsed from JSON."""
-    text = raw.strip()
-    if text in settings.configs:
-        return dict(settings.configs[text])
+@lru_cache(maxsize=512)
+def parse_config_text(text: str) -> Target:
+    """Parse and validate a config header; memoised by its text, since clients resend the same one."""
     try:
-        config = json.loads(text)
-    except ValueError:
-        config = None
-    if not isinstance(config, dict):
-        raise BadRequest("Invalid config passed. You need to pass a valid json")
-    if "options" in config:
-        raise BadRequest("This version of config is not supported in this route. Please migrate to the latest version")
-    return config
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadRequest("Invalid config passed. You need to pass a valid json") from None
+    return parse_config(data)
 
 
-def _from_config(config: Mapping[str, Any], ctx: RequestContext, settings: Settings) -> Target:
-    # Until the config engine lands, a config names exactly one provider at its root.
-    if "targets" in config or "strategy" in config:
-        raise InvalidConfig("Invalid config passed", errors=[
-            "path: strategy, message: routing strategies and targets need the config engine, "
-            "not in this version; give provider at the config's root"])
-    provider = config.get("provider")
-    if not isinstance(provider, str) or not provider:
-        raise BadRequest("Either x-portkey-provider needs to be passed. Or the x-portkey-config header "
-                         "should have a valid config with provider details in it.")
-    fields = {k: v for k, v in config.items() if k in _TARGET_FIELDS and k != "provider"}
-    bad = [k for k, v in fields.items() if not isinstance(v, str)]
-    if bad:
-        raise InvalidConfig("Invalid config passed", errors=[f"path: {bad[0]}, message: must be a string"])
-    return build_target(provider, fields, ctx, settings)
+def resolve_leaf(leaf: Target, ctx: RequestContext, settings: Settings) -> ResolvedTarget:
+    """Return where a leaf target sends its call: its provider, else a body `@name/model`, else the header's."""
+    provider_ref = leaf.provider
+    if not provider_ref:
+        catalog_model = _catalog_model(ctx)
+        provider_ref = catalog_model[0] if catalog_model else (ctx.headers.get("x-portkey-provider") or "").strip()
+    if not provider_ref:
+        raise BadRequest(NO_PROVIDER)
+    fields: dict[str, str] = dict(leaf.provider_options)
+    if leaf.api_key:
+        fields["api_key"] = leaf.api_key
+    if leaf.custom_host:
+        fields["custom_host"] = leaf.custom_host
+    return build_target(provider_ref, fields, ctx, settings)
+
+
+def leaf_body(leaf: Target, ctx: RequestContext) -> Body | None:
+    """Return the body a leaf sends: the client's, or its JSON with override_params and a catalog model applied."""
+    catalog_model = None if leaf.provider else _catalog_model(ctx)
+    if not leaf.override_params and not catalog_model:
+        return ctx.body
+    data = ctx.body_json()
+    if not isinstance(data, dict):
+        return ctx.body  # override_params apply to JSON object bodies only
+    changed = {**data, **(leaf.override_params or {})}
+    if catalog_model and "model" not in (leaf.override_params or {}):
+        changed["model"] = catalog_model[1]
+    return Body(json.dumps(changed, separators=(",", ":")).encode())
+
+
+def _catalog_model(ctx: RequestContext) -> tuple[str, str] | None:
+    """Return (`@name`, model id) when a unified JSON body's model reads `@name/model-id`."""
+    if ctx.route != UNIFIED:
+        return None
+    data = ctx.body_json()
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, str) and model.startswith("@") and "/" in model:
+        name, _, model_id = model.partition("/")
+        if len(name) > 1 and model_id:
+            return name, model_id
+    return None
 
 
 def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestContext,
-                 settings: Settings) -> Target:
-    """Return the Target for a slug or `@name`, with its credential, options and custom host."""
+                 settings: Settings) -> ResolvedTarget:
+    """Return the ResolvedTarget for a slug or `@name`, with its credential, options and custom host."""
     catalog_name = None
     credential = fields.get("api_key")
     custom_host = fields.get("custom_host")
@@ -83,8 +110,8 @@ def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestConte
     if credential is None:
         credential = client_credential(ctx.headers)
     header_host = ctx.headers.get("x-portkey-custom-host")
-    return Target(provider=provider, credential=credential, options=options,
-                  custom_host=header_host or custom_host, catalog_name=catalog_name)
+    return ResolvedTarget(provider=provider, credential=credential, options=options,
+                          custom_host=header_host or custom_host, catalog_name=catalog_name)
 
 
 def client_credential(headers: Mapping[str, str]) -> str | None:
@@ -96,10 +123,21 @@ def client_credential(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
-def check_supported(ctx: RequestContext) -> None:
+def check_supported(ctx: RequestContext, target: ResolvedTarget) -> None:
     """Refuse a unified endpoint the target's provider does not speak natively (until translation lands)."""
-    if ctx.route != UNIFIED or ctx.target is None:
-        return
-    provider = ctx.target.provider
-    if provider.native_format != ctx.unified_format:
-        raise BadRequest(f"{ctx.endpoint} is not supported by {provider.slug}")
+    if ctx.route == UNIFIED and target.provider.native_format != ctx.unified_format:
+        raise BadRequest(f"{ctx.endpoint} is not supported by {target.provider.slug}")
+
+
+def merged(parent: Target, child: Target) -> Target:
+    """Return the child with what it inherits from its parent filled in (SPEC 8.3)."""
+    changes: dict[str, Any] = {}
+    if parent.override_params:
+        changes["override_params"] = {**parent.override_params, **(child.override_params or {})}
+    for name in ("retry", "cache", "request_timeout", "custom_host", "forward_headers", "strict_open_ai_compliance",
+                 "before_request_hooks", "after_request_hooks", "input_guardrails", "output_guardrails"):
+        if getattr(child, name) is None and getattr(parent, name) is not None:
+            changes[name] = getattr(parent, name)
+    if not changes:
+        return child
+    return replace(child, **changes)

@@ -8,15 +8,17 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import requests
 import urllib3
 
 from app.errors import BadRequest, UpstreamTimeout, UpstreamUnreachable
+from app.http.body import Body
 from app.http.headers import forwarded_headers, proxy_headers
 from app.http.hosts import HostPolicy, PinnedHost
-from app.pipeline.context import PROXY, RequestContext, Target
+from app.pipeline.context import PROXY, RequestContext, ResolvedTarget
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ class StreamAborted(Exception):
     """The upstream broke off after the answer started; the client connection must be cut, not ended cleanly."""
 
 
-def upstream_url(ctx: RequestContext, target: Target, policy: HostPolicy) -> tuple[str, PinnedHost | None]:
+def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy) -> tuple[str, PinnedHost | None]:
     """Return the upstream URL of this call and the checked custom host, if one is used."""
     pinned = None
     if target.custom_host:
@@ -44,7 +46,8 @@ def upstream_url(ctx: RequestContext, target: Target, policy: HostPolicy) -> tup
     return base.rstrip("/") + path + ("?" + query if query else ""), pinned
 
 
-def upstream_headers(ctx: RequestContext, target: Target, settings: Settings) -> dict[str, str]:
+def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple[str, ...],
+                     settings: Settings) -> dict[str, str]:
     """Return the headers sent upstream: the route's policy, the forward list, then the provider's auth."""
     if ctx.route == PROXY:
         headers = proxy_headers(ctx.header_items, frozenset(settings.ignore_headers))
@@ -52,19 +55,26 @@ def upstream_headers(ctx: RequestContext, target: Target, settings: Settings) ->
         headers = {}
         if ctx.headers.get("content-type"):
             headers["Content-Type"] = ctx.headers["content-type"]
-    headers.update(forwarded_headers(ctx.headers, ctx.forward))
+    headers.update(forwarded_headers(ctx.headers, forward))
     headers.update(target.provider.auth_headers(target.credential, target.options, ctx.headers))
     return headers
 
 
-def send(ctx: RequestContext, session: requests.Session, policy: HostPolicy,
-         settings: Settings) -> requests.Response:
-    """Make one attempt; return the response with its body still unread."""
-    assert ctx.target is not None
-    url, pinned = upstream_url(ctx, ctx.target, policy)
+@dataclass
+class Answer:
+    """An upstream response with its body unread, but for the first chunk of a 2xx answer."""
+
+    response: requests.Response
+    first_chunk: bytes = b""
+
+
+def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
+         forward: tuple[str, ...], session: requests.Session, policy: HostPolicy, settings: Settings) -> Answer:
+    """Make one attempt; a 2xx answer must deliver its first chunk too (so a dead stream can still fall back)."""
+    url, pinned = upstream_url(ctx, target, policy)
     ctx.upstream_url = url
-    headers = upstream_headers(ctx, ctx.target, settings)
-    payload = ctx.body.payload() if ctx.body is not None else None
+    headers = upstream_headers(ctx, target, forward, settings)
+    payload = body.payload() if body is not None else None
     try:
         prepared = requests.Request(ctx.method, url, headers=headers, data=payload).prepare()
     except (requests.exceptions.InvalidURL, ValueError) as err:
@@ -74,7 +84,7 @@ def send(ctx: RequestContext, session: requests.Session, policy: HostPolicy,
     if pinned is not None and pinned.address is not None and pinned.address != pinned.host:
         prepared.pinned_address = pinned.address  # type: ignore[attr-defined]
         prepared.headers["Host"] = _host_header(pinned)
-    timeout = _timeouts(ctx, settings)
+    timeout = _timeouts(timeout_ms, settings)
     proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"] if session.trust_env else None
     sent = time.perf_counter()
     try:
@@ -82,13 +92,28 @@ def send(ctx: RequestContext, session: requests.Session, policy: HostPolicy,
         response = session.get_adapter(url).send(prepared, stream=True, timeout=timeout,
                                                  proxies=proxies)
     except requests.exceptions.RequestException as err:
-        raise _translate(err, url, ctx.timeout_ms) from err
+        raise _translate(err, url, timeout_ms) from err
     finally:
         ctx.upstream_ms = (time.perf_counter() - sent) * 1000
-    if ctx.timeout_ms is not None:
+    if timeout_ms is not None:
         # The request timeout covers the wait for headers; a started answer is not cut by it.
         _set_read_timeout(response, settings.read_timeout_s)
-    return response
+    if not 200 <= response.status_code < 300:
+        return Answer(response)
+    try:
+        return Answer(response, read_chunk(response))
+    except UpstreamUnreachable:
+        response.close()
+        raise
+
+
+def read_chunk(response: requests.Response) -> bytes:
+    """Read what the upstream has sent so far (up to CHUNK bytes, without waiting to fill it); b"" at the end."""
+    try:
+        return response.raw.read1(CHUNK, decode_content=False)
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        host = urlsplit(response.url).hostname or "the upstream"
+        raise UpstreamUnreachable(f"Upstream host {host} broke off its answer: {cause_of(err)}") from err
 
 
 class Relay:
@@ -98,9 +123,9 @@ class Relay:
     upstream connection and runs the on-close callbacks (the access line).
     """
 
-    def __init__(self, response: requests.Response, ctx: RequestContext,
-                 on_close: Callable[[], None] | None = None) -> None:
-        self.response = response
+    def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[], None] | None = None) -> None:
+        self.response = answer.response
+        self.pending = answer.first_chunk
         self.ctx = ctx
         self.on_close = on_close
         self.finished = False
@@ -110,10 +135,14 @@ class Relay:
         return self
 
     def __next__(self) -> bytes:
+        if self.pending:
+            chunk, self.pending = self.pending, b""
+            self.ctx.bytes_out += len(chunk)
+            return chunk
         try:
-            chunk = self.response.raw.read1(CHUNK, decode_content=False)
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
-            self.ctx.error = f"upstream broke off mid-answer: {cause_of(err)}"
+            chunk = read_chunk(self.response)
+        except UpstreamUnreachable as err:
+            self.ctx.error = err.message
             log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)
             raise StreamAborted(self.ctx.error) from None
         if not chunk:
@@ -137,9 +166,9 @@ class Relay:
                 self.on_close()
 
 
-def _timeouts(ctx: RequestContext, settings: Settings) -> tuple[float, float]:
-    if ctx.timeout_ms is not None:
-        seconds = ctx.timeout_ms / 1000
+def _timeouts(timeout_ms: int | None, settings: Settings) -> tuple[float, float]:
+    if timeout_ms is not None:
+        seconds = timeout_ms / 1000
         return (seconds, seconds)
     return (settings.connect_timeout_s, settings.read_timeout_s)
 

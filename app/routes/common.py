@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
-import requests
 from flask import Response, current_app, g, request
 
 from app.errors import BadRequest, GatewayError
@@ -17,7 +16,7 @@ from app.logs import access_logger
 from app.pipeline import Gateway
 from app.pipeline.context import RequestContext
 from app.pipeline.inbound import assign_trace_id
-from app.pipeline.upstream import Relay
+from app.pipeline.upstream import Answer, Relay
 
 _ENCODED_SEPARATOR = re.compile(r"%(25)*(2f|5c)", re.IGNORECASE)
 
@@ -40,16 +39,18 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     declared = None if chunked else (request.content_length or 0)
     stream = cast(BinaryIO, environ["wsgi.input"] if declared is None else request.stream)
-    upstream_response = gateway().run(ctx, stream, declared)
-    return relayed(upstream_response, ctx)
+    outcome = gateway().run(ctx, stream, declared)
+    assert outcome.answer is not None
+    return relayed(outcome.answer, ctx)
 
 
-def relayed(upstream_response: requests.Response, ctx: RequestContext) -> Response:
+def relayed(answer: Answer, ctx: RequestContext) -> Response:
     """Return the client response that streams the upstream answer as it arrives."""
+    upstream_response = answer.response
     ctx.upstream_status = upstream_response.status_code
     headers = response_headers(upstream_response.raw.headers.items())
     status = f"{upstream_response.status_code} {upstream_response.reason or ''}".strip()
-    body = Relay(upstream_response, ctx, on_close=access_logger(ctx, upstream_response.status_code))
+    body = Relay(answer, ctx, on_close=access_logger(ctx, upstream_response.status_code))
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):
@@ -76,7 +77,7 @@ def with_gateway_headers(response: Response, ctx: RequestContext) -> Response:
     headers = response.headers
     if ctx.trace_id:
         headers["x-portkey-trace-id"] = ctx.trace_id
-    if ctx.upstream_status is not None and ctx.target is not None:
+    if ctx.target is not None:
         headers["x-portkey-provider"] = ctx.target.provider.slug
         headers["x-portkey-retry-attempt-count"] = str(ctx.retry_count)
         headers["x-portkey-cache-status"] = "DISABLED"

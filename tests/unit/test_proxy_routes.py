@@ -186,6 +186,10 @@ def test_open_mode_needs_no_key(app_factory, upstream) -> None:
     ("x-portkey-metadata", "[1,2]", "JSON object"),
     ("x-portkey-config", "{not json", "Invalid config passed. You need to pass a valid json"),
     ("x-portkey-config", '{"options": []}', "This version of config is not supported"),
+    ("x-portkey-config", "[" * 100_000, "Invalid config passed. You need to pass a valid json"),
+    ("x-portkey-metadata", "[" * 100_000, "x-portkey-metadata"),
+    ("x-portkey-config", '{"strategy": {"mode": "roundrobin"}, "targets": [{"provider": "openai"}]}',
+     "Invalid 'mode' value. Must be one of: single, loadbalance, fallback, conditional"),
     ("x-portkey-request-timeout", "soon", "x-portkey-request-timeout"),
     ("x-portkey-request-timeout", "-5", "x-portkey-request-timeout"),
 ])
@@ -280,7 +284,7 @@ def test_unexpected_exception_is_500_without_traceback(app_factory, monkeypatch)
 
     def explode(*_a, **_k):
         raise RuntimeError(f"internal detail {PROVIDER_SECRET}")
-    monkeypatch.setattr(resolve, "resolve_target", explode)
+    monkeypatch.setattr(resolve, "load_config", explode)
     res = client.post("/v1/rerank", json={}, headers=auth())
     assert res.status_code == 500
     assert res.get_json() == {"status": "failure", "message": "Something went wrong"}

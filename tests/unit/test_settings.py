@@ -59,7 +59,8 @@ def test_full_gateway_file(tmp_path: Path) -> None:
     assert settings.catalog["cohere-prod"].api_key == "co-secret"
     assert settings.catalog["azure-prod"].options == {"resource_name": "res", "deployment_id": "dep",
                                                       "api_version": "2024-06-01"}
-    assert settings.configs["pc-support"]["strategy"] == {"mode": "fallback"}
+    assert settings.configs["pc-support"].strategy.mode == "fallback"
+    assert settings.configs["pc-support"].targets[0].provider == "@cohere-prod"
     assert settings.max_body_bytes == 2048 and settings.backoff_base_ms == 0 and settings.workers == 3
     assert "co-secret" not in repr(settings.catalog["cohere-prod"])
 

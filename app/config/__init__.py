@@ -1,0 +1,1 @@
+"""Configs (`x-portkey-config`): validated at the edge into frozen models."""

@@ -1,0 +1,171 @@
+"""Routing: run a config tree (single, fallback, loadbalance, conditional; nested) with retries at each leaf."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import requests
+
+from app.config.models import RetryPolicy, Strategy, Target
+from app.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
+from app.http.body import Body
+from app.http.headers import forward_list
+from app.pipeline.backoff import next_wait
+from app.pipeline.conditions import pick_conditional
+from app.pipeline.context import RequestContext, ResolvedTarget
+from app.pipeline.resolve import check_supported, leaf_body, merged, resolve_leaf
+from app.pipeline.upstream import Answer
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+# Failures of the upstream itself: they are retried and they move a fallback on. Any other
+# GatewayError is the gateway's own (a bad custom host, an unsupported endpoint) and stops the chain.
+UPSTREAM_FAILURES = (UpstreamTimeout, UpstreamUnreachable)
+_DRAIN_LIMIT = 64 * 1024
+
+SendFn = Callable[[RequestContext, ResolvedTarget, "Body | None", "int | None", tuple[str, ...]], Answer]
+
+
+@dataclass
+class Outcome:
+    """What one target answered: an upstream answer (body unread but for its first chunk) or an error."""
+
+    path: str
+    target: ResolvedTarget
+    answer: Answer | None = None
+    error: GatewayError | None = None
+    retries: int = 0
+
+    @property
+    def response(self) -> requests.Response | None:
+        """Return the upstream response, if there is one."""
+        return self.answer.response if self.answer is not None else None
+
+    @property
+    def status(self) -> int:
+        """Return the upstream status, or the error's status (408, 502)."""
+        if self.answer is not None:
+            return self.answer.response.status_code
+        assert self.error is not None
+        return self.error.status
+
+    def discard(self) -> None:
+        """Let go of an answer that will not be relayed; keep the connection when its rest is small."""
+        response = self.response
+        if response is None:
+            return
+        length = response.headers.get("content-length", "")
+        try:
+            if length.isdigit() and int(length) <= _DRAIN_LIMIT:
+                response.raw.drain_conn()
+                response.raw.release_conn()
+            else:
+                response.close()
+        except Exception:  # noqa: BLE001 - a broken connection being dropped needs no further care
+            response.close()
+
+
+class Router:
+    """Walks one call's config tree: picks targets by strategy, retries leaves, falls back in order."""
+
+    def __init__(self, ctx: RequestContext, settings: Settings, send: SendFn,
+                 rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.send = send
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+
+    def run(self, config: Target) -> Outcome:
+        """Return the answering target's outcome for the whole config."""
+        return self._node(config, Target(), "config")
+
+    def _node(self, node: Target, parent: Target, path: str) -> Outcome:
+        node = merged(parent, node)
+        if node.is_leaf:
+            return self._leaf(node, path)
+        strategy = node.strategy or Strategy()
+        children = node.targets
+        if strategy.mode == "fallback":
+            return self._fallback(node, strategy, path)
+        if strategy.mode == "loadbalance":
+            index = self._weighted(children)
+        elif strategy.mode == "conditional":
+            index = pick_conditional(strategy, children, self.ctx.condition_context())
+        else:
+            index = 0
+        return self._node(children[index], node, f"{path}.targets[{index}]")
+
+    def _fallback(self, node: Target, strategy: Strategy, path: str) -> Outcome:
+        outcome: Outcome | None = None
+        for index, child in enumerate(node.targets):
+            if outcome is not None:
+                outcome.discard()
+            outcome = self._node(child, node, f"{path}.targets[{index}]")
+            if not moves_on(outcome, strategy):
+                return outcome
+            log.info("trace_id=%s fallback: %s answered %s, trying the next target", self.ctx.trace_id,
+                     outcome.path, outcome.status)
+        assert outcome is not None
+        return outcome  # every target failed: the last one's answer is the call's
+
+    def _weighted(self, children: tuple[Target, ...]) -> int:
+        weights = [max(child.weight, 0.0) for child in children]
+        if not any(weights):
+            raise BadRequest("All targets of the loadbalance have weight 0; at least one must be above 0")
+        return self.rng.choices(range(len(children)), weights=weights)[0]
+
+    def _leaf(self, leaf: Target, path: str) -> Outcome:
+        ctx = self.ctx
+        target = resolve_leaf(leaf, ctx, self.settings)
+        check_supported(ctx, target)
+        body = leaf_body(leaf, ctx)
+        timeout_ms = ctx.timeout_ms or leaf.request_timeout
+        forward = forward_list(None, leaf.forward_headers or ()) if leaf.forward_headers else ()
+        forward = tuple(dict.fromkeys(ctx.forward + forward))
+        policy = leaf.retry or RetryPolicy()
+        started = time.monotonic()
+        retries = 0
+        while True:
+            outcome = self._attempt(target, body, timeout_ms, forward, path)
+            retryable = outcome.error is not None or outcome.status in policy.on_status_codes
+            if not retryable:
+                outcome.retries = retries
+                return outcome
+            wait = None
+            if retries < policy.attempts:
+                headers = outcome.response.headers if outcome.response is not None else None
+                wait = next_wait(policy, outcome.status, headers, retries + 1, self.settings.backoff_base_ms,
+                                 time.monotonic() - started)
+            if wait is None:
+                # Out of attempts (or of the 60 s budget) with an answer that is still retryable.
+                outcome.retries = -1 if policy.attempts else 0
+                return outcome
+            outcome.discard()
+            retries += 1
+            log.info("trace_id=%s retry %d of %s after %s, waiting %.3f s", ctx.trace_id, retries, path,
+                     outcome.status, wait)
+            if wait > 0:
+                self.sleep(wait)
+
+    def _attempt(self, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
+                 forward: tuple[str, ...], path: str) -> Outcome:
+        """Make one upstream attempt; a transport failure becomes an outcome, to retry or fall back on."""
+        try:
+            return Outcome(path, target, answer=self.send(self.ctx, target, body, timeout_ms, forward))
+        except UPSTREAM_FAILURES as err:
+            return Outcome(path, target, error=err)
+
+
+def moves_on(outcome: Outcome, strategy: Strategy) -> bool:
+    """Return True when a fallback should try its next target after this outcome."""
+    if outcome.error is not None:
+        return True  # timeouts and network errors always move on
+    if strategy.on_status_codes:
+        return outcome.status in strategy.on_status_codes
+    return not 200 <= outcome.status < 300
+
