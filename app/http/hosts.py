@@ -26,10 +26,12 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from app.errors import InvalidCustomHost
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+V = TypeVar("V")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -130,18 +132,18 @@ class _AllowList:
         return any(address.version == net.version and address in net for net in self.networks)
 
 
-class _Memo:
-    """A small, bounded, thread-safe map of host name to resolved addresses with a TTL."""
+class _Memo(Generic[V]):
+    """A small, bounded, thread-safe map with a TTL (host name → addresses, URL → pinned host)."""
 
     def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
         self._ttl = ttl
         self._size = size
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, tuple[IPAddress, ...]]] = {}
+        self._entries: dict[str, tuple[float, V]] = {}
 
-    def get(self, host: str) -> tuple[IPAddress, ...] | None:
-        """Return the addresses remembered for `host`, or None when absent or expired."""
+    def get(self, host: str) -> V | None:
+        """Return the value remembered for `host`, or None when absent or expired."""
         with self._lock:
             entry = self._entries.get(host)
             if entry is None:
@@ -151,8 +153,8 @@ class _Memo:
                 return None
             return entry[1]
 
-    def put(self, host: str, addresses: tuple[IPAddress, ...]) -> None:
-        """Remember the addresses of `host` for the TTL."""
+    def put(self, host: str, addresses: V) -> None:
+        """Remember a value for `host` for the TTL."""
         if self._ttl <= 0 or self._size <= 0:
             return
         with self._lock:
@@ -178,10 +180,19 @@ class HostPolicy:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._allow = _parse_allow(allow)
         self._resolver = resolver or socket.getaddrinfo
-        self._memo = _Memo(cache_ttl, cache_size, clock)
+        self._memo: _Memo[tuple[IPAddress, ...]] = _Memo(cache_ttl, cache_size, clock)
+        # Accepted URLs, for the same TTL as a resolution: clients resend the same custom host on every call.
+        self._accepted: _Memo[PinnedHost] = _Memo(cache_ttl, cache_size, clock)
 
     def check(self, url: str) -> PinnedHost:
         """Return the pinned host for `url`, or raise InvalidCustomHost saying why it is refused."""
+        pinned = self._accepted.get(url)
+        if pinned is None:
+            pinned = self._check(url)
+            self._accepted.put(url, pinned)
+        return pinned
+
+    def _check(self, url: str) -> PinnedHost:
         target = _parse_url(url)
         if target.ip is not None:
             return target.pinned(self._check_address(target, target.ip))

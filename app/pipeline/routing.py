@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # GatewayError is the gateway's own (a bad custom host, an unsupported endpoint) and stops the chain.
 UPSTREAM_FAILURES = (UpstreamTimeout, UpstreamUnreachable)
 _DRAIN_LIMIT = 64 * 1024
+_RNG = random.Random()  # one per process: seeding a new one per call costs more than the pick
 
 SendFn = Callable[[RequestContext, ResolvedTarget, "Body | None", "int | None", tuple[str, ...]], Answer]
 
@@ -77,7 +78,7 @@ class Router:
         self.ctx = ctx
         self.settings = settings
         self.send = send
-        self.rng = rng or random.Random()
+        self.rng = rng or _RNG
         self.sleep = sleep
 
     def run(self, config: Target) -> Outcome:
