@@ -115,10 +115,10 @@ def test_stream_falls_back_before_its_first_byte(gateway: Gateway, fake_provider
 
 def test_saved_config_and_catalog_target(fake: FakeProvider) -> None:
     fake.reset()
-    saved = f"""
+    saved = """
 [configs.pc-fallback]
-strategy = {{ mode = "fallback" }}
-targets = [ {{ provider = "@openai-fake", retry = {{ attempts = 1 }} }}, {{ provider = "@cohere-prod" }} ]
+strategy = { mode = "fallback" }
+targets = [ { provider = "@openai-fake", retry = { attempts = 1 } }, { provider = "@cohere-prod" } ]
 """
     from tests.integration.conftest import gateway_toml
     gw = Gateway(gateway_toml(fake.url, saved)).start()
