@@ -47,8 +47,8 @@ class Proc:
                                           stdout=out, stderr=err, start_new_session=True)
         finally:
             for handle in (out, err):
-                if handle is not subprocess.DEVNULL:
-                    handle.close()  # type: ignore[union-attr]
+                if not isinstance(handle, int):
+                    handle.close()  # the child has its own copy
 
     @property
     def pid(self) -> int:
@@ -97,9 +97,10 @@ class Procs:
     def __init__(self) -> None:
         self._procs: list[Proc] = []
 
-    def start(self, name: str, cmd: Sequence[str], **kwargs: object) -> Proc:
+    def start(self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              stdout: Path | None = None, stderr: Path | None = None) -> Proc:
         """Start a child and remember it for clean-up."""
-        proc = Proc(name, cmd, **kwargs)  # type: ignore[arg-type]
+        proc = Proc(name, cmd, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
         self._procs.append(proc)
         return proc
 
@@ -163,13 +164,21 @@ def ensure_tool(binary: str, package: str) -> str | None:
     found = shutil.which(binary) or _sbin(binary)
     if found or not shutil.which("apt-get") or os.geteuid() != 0:
         return found
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 300}
     install = ["apt-get", "install", "-y", "-qq", package]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(install, env=env, check=False, **quiet).returncode != 0:  # type: ignore[call-overload]
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, **quiet)  # type: ignore[call-overload]
-        subprocess.run(install, env=env, check=False, **quiet)  # type: ignore[call-overload]
+    if not _apt(install):
+        _apt(["apt-get", "update", "-qq"])
+        _apt(install)
     return shutil.which(binary) or _sbin(binary)
+
+
+def _apt(cmd: list[str]) -> bool:
+    """Run an apt-get command quietly; return True when it succeeded."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        return subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=300, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _sbin(binary: str) -> str | None:
