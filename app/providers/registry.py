@@ -12,7 +12,6 @@ ANTHROPIC = "anthropic"
 AZURE = "azure"
 GOOGLE = "google"
 SIGV4 = "sigv4"
-NO_AUTH = "none"
 
 OPENAI_FORMAT = "openai"
 ANTHROPIC_FORMAT = "anthropic"
@@ -119,7 +118,7 @@ PROVIDERS: dict[str, Provider] = {p.slug: p for p in (
     _bearer("openrouter", "https://openrouter.ai/api/v1"),
     _bearer("jina", "https://api.jina.ai/v1"),
     _bearer("voyage", "https://api.voyageai.com/v1"),
-    Provider("ollama", None, NO_AUTH),
+    Provider("ollama", None),  # no auth of its own; a client Authorization still reaches a proxy in front of it
 )}
 
 
