@@ -8,6 +8,7 @@ from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
 from app.pipeline import auth, inbound, resolve, upstream
+from app.pipeline.answer import Answer
 from app.pipeline.context import RequestContext, ResolvedTarget
 from app.pipeline.routing import Outcome, Router
 from app.settings import Settings
@@ -41,6 +42,6 @@ class Gateway:
         return outcome
 
     def send(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
-             forward: tuple[str, ...]) -> upstream.Answer:
+             forward: tuple[str, ...]) -> Answer:
         """Make one upstream attempt with this worker's session and the custom-host policy."""
         return upstream.send(ctx, target, body, timeout_ms, forward, self.sessions.get(), self.policy, self.settings)

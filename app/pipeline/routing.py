@@ -8,24 +8,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
-
 from app.config.models import RetryPolicy, Strategy, Target
 from app.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
 from app.http.body import Body
 from app.http.headers import forward_list
+from app.pipeline.answer import Answer
 from app.pipeline.backoff import next_wait
 from app.pipeline.conditions import pick_conditional
 from app.pipeline.context import RequestContext, ResolvedTarget
 from app.pipeline.resolve import check_supported, leaf_body, merged, resolve_leaf
-from app.pipeline.upstream import Answer
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 # Failures of the upstream itself: they are retried and they move a fallback on. Any other
 # GatewayError is the gateway's own (a bad custom host, an unsupported endpoint) and stops the chain.
 UPSTREAM_FAILURES = (UpstreamTimeout, UpstreamUnreachable)
-_DRAIN_LIMIT = 64 * 1024
 _RNG = random.Random()  # one per process: seeding a new one per call costs more than the pick
 
 SendFn = Callable[[RequestContext, ResolvedTarget, "Body | None", "int | None", tuple[str, ...]], Answer]
@@ -42,32 +39,17 @@ class Outcome:
     retries: int = 0
 
     @property
-    def response(self) -> requests.Response | None:
-        """Return the upstream response, if there is one."""
-        return self.answer.response if self.answer is not None else None
-
-    @property
     def status(self) -> int:
-        """Return the upstream status, or the error's status (408, 502)."""
+        """Return the answer's status, or the error's status (408, 502)."""
         if self.answer is not None:
-            return self.answer.response.status_code
+            return self.answer.status
         assert self.error is not None
         return self.error.status
 
     def discard(self) -> None:
-        """Let go of an answer that will not be relayed; keep the connection when its rest is small."""
-        response = self.response
-        if response is None:
-            return
-        length = response.headers.get("content-length", "")
-        try:
-            if length.isdigit() and int(length) <= _DRAIN_LIMIT:
-                response.raw.drain_conn()
-                response.raw.release_conn()
-            else:
-                response.close()
-        except Exception:  # noqa: BLE001 - a broken connection being dropped needs no further care
-            response.close()
+        """Let go of an answer that will not be relayed."""
+        if self.answer is not None:
+            self.answer.discard()
 
 
 class Router:
@@ -139,7 +121,7 @@ class Router:
                 return outcome
             wait = None
             if retries < policy.attempts:
-                headers = outcome.response.headers if outcome.response is not None else None
+                headers = dict(outcome.answer.headers) if outcome.answer is not None else None
                 wait = next_wait(policy, outcome.status, headers, retries + 1, self.settings.backoff_base_ms,
                                  time.monotonic() - started)
             if wait is None:

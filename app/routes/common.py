@@ -11,12 +11,11 @@ from urllib.parse import quote, unquote
 from flask import Response, current_app, g, request
 
 from app.errors import BadRequest, GatewayError
-from app.http.headers import response_headers
 from app.logs import access_logger
 from app.pipeline import Gateway
+from app.pipeline.answer import Answer, Relay
 from app.pipeline.context import RequestContext
 from app.pipeline.inbound import assign_trace_id
-from app.pipeline.upstream import Answer, Relay
 
 _ENCODED_SEPARATOR = re.compile(r"%(25)*(2f|5c)", re.IGNORECASE)
 
@@ -45,12 +44,11 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
 
 
 def relayed(answer: Answer, ctx: RequestContext) -> Response:
-    """Return the client response that streams the upstream answer as it arrives."""
-    upstream_response = answer.response
-    ctx.upstream_status = upstream_response.status_code
-    headers = response_headers(upstream_response.raw.headers.items())
-    status = f"{upstream_response.status_code} {upstream_response.reason or ''}".strip()
-    body = Relay(answer, ctx, on_close=access_logger(ctx, upstream_response.status_code))
+    """Return the client response that streams the answer as it arrives."""
+    ctx.upstream_status = answer.status
+    headers = answer.headers
+    status = f"{answer.status} {answer.reason}".strip()
+    body = Relay(answer, ctx, on_close=access_logger(ctx, answer.status))
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):

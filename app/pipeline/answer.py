@@ -1,0 +1,193 @@
+"""Answers: what an upstream, the cache or a hook answered, and the relay that streams one to the client."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+
+from app.errors import UpstreamUnreachable
+from app.http.failures import cause_of
+from app.http.headers import response_headers
+from app.pipeline.context import RequestContext
+
+log = logging.getLogger(__name__)
+CHUNK = 64 * 1024
+_NOT_REPLAYED = frozenset({"content-length", "content-encoding"})
+
+
+class StreamAborted(Exception):
+    """The upstream broke off after the answer started; the client connection must be cut, not ended cleanly."""
+
+
+@dataclass
+class Answer:
+    """A status, headers and a body: the rest of an upstream response still to read, or whole bytes."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    first_chunk: bytes = b""
+    response: requests.Response | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_response(cls, response: requests.Response, first_chunk: bytes = b"") -> Answer:
+        """Return an answer that relays an upstream response, hop-by-hop headers left out."""
+        return cls(response.status_code, response.reason or "", response_headers(response.raw.headers.items()),
+                   first_chunk, response)
+
+    @classmethod
+    def whole(cls, status: int, body: bytes, headers: list[tuple[str, str]], reason: str = "") -> Answer:
+        """Return an answer whose body is all here (cached, or rebuilt by hooks)."""
+        kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        return cls(status, reason, kept + [("Content-Length", str(len(body)))], body)
+
+    @property
+    def is_whole(self) -> bool:
+        """Return True when the body is all in memory."""
+        return self.response is None
+
+    def header(self, name: str) -> str | None:
+        """Return the first header of that name (case-insensitive)."""
+        lower = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lower), None)
+
+    def read_all(self, limit: int) -> bool:
+        """Read the rest of the body into memory, up to limit bytes; return False (still streamable) when over."""
+        if self.response is None:
+            return True
+        chunks = [self.first_chunk]
+        size = len(self.first_chunk)
+        while True:
+            chunk = read_chunk(self.response)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                self.first_chunk = b"".join(chunks)  # relayed first, then the rest as it comes
+                return False
+        self.response.raw.release_conn()
+        self.response = None
+        self.first_chunk = b"".join(chunks)
+        return True
+
+    def decoded_body(self) -> bytes:
+        """Return a whole body with its Content-Encoding undone (gzip, deflate)."""
+        encoding = (self.header("content-encoding") or "identity").lower()
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(self.first_chunk, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(self.first_chunk)
+        return self.first_chunk
+
+    def replay_headers(self) -> tuple[tuple[str, str], ...]:
+        """Return the headers worth keeping with a stored copy: the content type and encoding."""
+        return tuple((k, v) for k, v in self.headers if k.lower() in ("content-type", "content-encoding"))
+
+    def with_body(self, status: int, body: bytes) -> Answer:
+        """Return a whole answer with a new (decoded) body and status, other headers kept."""
+        headers = [(k, v) for k, v in self.headers if k.lower() not in _NOT_REPLAYED]
+        return Answer.whole(status, body, headers)
+
+    def discard(self, drain_limit: int = 64 * 1024) -> None:
+        """Let go of an answer that will not be relayed; keep the connection when its rest is small."""
+        response = self.response
+        if response is None:
+            return
+        length = response.headers.get("content-length", "")
+        try:
+            if length.isdigit() and int(length) <= drain_limit:
+                response.raw.drain_conn()
+                response.raw.release_conn()
+            else:
+                response.close()
+        except Exception:  # noqa: BLE001 - a broken connection being dropped needs no further care
+            response.close()
+
+
+def read_chunk(response: requests.Response) -> bytes:
+    """Read what the upstream has sent so far (up to CHUNK bytes, without waiting to fill it); b"" at the end."""
+    try:
+        return response.raw.read1(CHUNK, decode_content=False)
+    except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
+        host = urlsplit(response.url).hostname or "the upstream"
+        raise UpstreamUnreachable(f"Upstream host {host} broke off its answer: {cause_of(err)}") from err
+
+
+class Relay:
+    """An answer's body as a WSGI iterable: chunks as they arrive, compressed bytes untouched.
+
+    gunicorn calls close() when the body is done or the client left; that releases (or drops) the
+    upstream connection, hands a complete body to `on_complete` (the cache), and runs `on_close`
+    (the access line).
+    """
+
+    def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[], None] | None = None,
+                 on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0) -> None:
+        self.response = answer.response
+        self.pending = answer.first_chunk
+        self.ctx = ctx
+        self.on_close = on_close
+        self.on_complete = on_complete
+        self.keep_limit = keep_limit
+        self.kept: list[bytes] | None = [] if on_complete is not None else None
+        self.kept_size = 0
+        self.finished = answer.response is None and not answer.first_chunk
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.pending:
+            chunk, self.pending = self.pending, b""
+        elif self.response is None:
+            self.finished = True
+            raise StopIteration
+        else:
+            try:
+                chunk = read_chunk(self.response)
+            except UpstreamUnreachable as err:
+                self.ctx.error = err.message
+                log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)
+                raise StreamAborted(self.ctx.error) from None
+            if not chunk:
+                self.finished = True
+                raise StopIteration
+        self.ctx.bytes_out += len(chunk)
+        self._keep(chunk)
+        return chunk
+
+    def _keep(self, chunk: bytes) -> None:
+        """Keep a copy of the body for the cache while it stays under the entry limit."""
+        if self.kept is None:
+            return
+        self.kept_size += len(chunk)
+        if self.kept_size > self.keep_limit:
+            self.kept = None
+        else:
+            self.kept.append(chunk)
+
+    def close(self) -> None:
+        """Release the upstream connection (drop it if the body was not read to the end)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.response is not None:
+                raw = self.response.raw
+                if not self.finished:
+                    raw.close()  # an unread rest would poison a pooled connection
+                raw.release_conn()
+            if self.finished and self.kept is not None and self.on_complete is not None:
+                self.on_complete(b"".join(self.kept))
+        finally:
+            if self.on_close is not None:
+                self.on_close()
