@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.txt"
+SECTIONS = ("throughput", "config", "streaming", "rss")  # in the order they run
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class Plan:
     threads: int
     server_cpus: str | None  # where gunicorn runs (floor and Portico), when pinned
     load_cpus: str | None  # where wrk and the upstreams run, when pinned
+    sections: tuple[str, ...] = SECTIONS
+    config_rounds: int = 3  # config engine section: alternating rounds per variant
+    config_seconds: float = 3.0  # config engine section: measured seconds per variant and round
+
+    def runs(self, section: str) -> bool:
+        """Return whether this run includes the section."""
+        return section in self.sections
 
     @property
     def round_seconds(self) -> float:
@@ -57,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(prog="python -m bench.run",
                                      description="Load benchmark: direct vs Flask floor vs Portico.")
-    parser.add_argument("--quick", action="store_true", help="short runs (about a minute in all)")
+    parser.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
     parser.add_argument("--duration", type=float,
                         help="measured seconds per target and concurrency (default 10, quick 3)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")),
@@ -66,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="threads per worker for floor and Portico (default GATEWAY_THREADS or 16)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin gunicorn and the load generator + upstream to separate cores")
+    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the report "
                         "(default bench/results/latest.txt)")
@@ -79,7 +89,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(quick=args.quick, duration=duration, rounds=1 if args.quick or duration < 4 else 2,
                 warmup=1.0, concurrencies=(1, 16, 64), stream_calls=10 if args.quick else 50,
                 rss_steps=(10_000, 20_000) if args.quick else (50_000, 100_000), rss_connections=16,
-                workers=args.workers, threads=args.threads, server_cpus=server_cpus, load_cpus=load_cpus)
+                workers=args.workers, threads=args.threads, server_cpus=server_cpus, load_cpus=load_cpus,
+                sections=tuple(name for name in SECTIONS if name in (args.only or SECTIONS)),
+                config_rounds=2 if args.quick else 3, config_seconds=1.0 if args.quick else 3.0)
 
 
 def split_cpus() -> tuple[str | None, str | None]:

@@ -1,7 +1,8 @@
-"""Portico's load benchmark: direct vs the Flask floor vs Portico, streamed TTFB, and worker RSS over 100k calls.
+"""Portico's load benchmark: direct vs Flask floor vs Portico, config engine, streamed TTFB, worker RSS.
 
-    .venv/bin/python -m bench.run            # the full run, about 5 minutes
-    .venv/bin/python -m bench.run --quick    # a short smoke run, about a minute
+    .venv/bin/python -m bench.run                 # the full run, about 5 minutes
+    .venv/bin/python -m bench.run --quick         # a short smoke run, about a minute and a half
+    .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, streaming, rss
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -20,19 +21,21 @@ from pathlib import Path
 from types import FrameType
 
 from bench import sections
+from bench.config_engine import config_engine
 from bench.loadgen import RERANK_BODY, write_script
-from bench.plan import Plan, make_plan, parse_args
+from bench.plan import SECTIONS, Plan, make_plan, parse_args
 from bench.procs import BenchError, Procs, ensure_tool
 from bench.report import Report
 from bench.sections import LoadTarget
-from bench.targets import portico_headers, start_floor, start_portico
+from bench.targets import Server, portico_headers, start_floor, start_portico
 from bench.upstreams import Upstream, start_fake, start_nginx
 
 
 def describe(report: Report, plan: Plan, upstream: Upstream) -> None:
     """Print what was measured, where and how."""
     quick = "  (--quick)" if plan.quick else ""
-    report.say(f"Portico load benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M UTC}{quick}")
+    only = "" if plan.sections == SECTIONS else f"  (--only {', '.join(plan.sections)})"
+    report.say(f"Portico load benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M UTC}{quick}{only}")
     report.say(f"machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
                f"load average at start {loadavg()}")
     report.say(f"upstream: {upstream.label}")
@@ -40,12 +43,14 @@ def describe(report: Report, plan: Plan, upstream: Upstream) -> None:
                "keep-alive 75 s")
     if plan.server_cpus:
         report.say(f"pinning: gunicorn on CPU {plan.server_cpus}; wrk and nginx on CPU {plan.load_cpus} "
-                   "(throughput and RSS; the one-at-a-time streamed calls run unpinned)")
+                   "(throughput, config engine and RSS; the one-at-a-time streamed calls run unpinned)")
     else:
         report.say("pinning: none (everything shares every core)")
     rounds = f"{plan.rounds} x {plan.round_seconds:.0f} s" if plan.rounds > 1 else f"{plan.duration:.0f} s"
-    report.say(f"wrk: {wrk_version()}, {plan.wrk_threads} thread(s); per target and concurrency {rounds} measured, "
-               f"each after a {plan.warmup:.0f} s warm-up; POST /v1/rerank with a {len(RERANK_BODY)}-byte JSON body")
+    measured = (f"; throughput: per target and concurrency {rounds} measured, each after a {plan.warmup:.0f} s "
+                "warm-up" if plan.runs("throughput") else "")
+    report.say(f"wrk: {wrk_version()}, {plan.wrk_threads} thread(s){measured}; "
+               f"POST /v1/rerank with a {len(RERANK_BODY)}-byte JSON body")
 
 
 def loadavg() -> str:
@@ -69,14 +74,42 @@ def start_upstream(procs: Procs, plan: Plan, workdir: Path) -> Upstream:
 
 
 def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
-    """Run the three parts in order and return every verdict."""
+    """Run the chosen parts in order and return every verdict."""
     if ensure_tool("wrk", "wrk") is None:
         raise BenchError("wrk is needed: apt-get install wrk")
-    report.note("starting the upstream, the floor and Portico")
+    report.note("starting the upstream")
     upstream = start_upstream(procs, plan, workdir)
     describe(report, plan, upstream)
-    floor = start_floor(procs, workdir, upstream.url, plan.workers, plan.threads, plan.server_cpus)
+    verdicts: list[bool] = []
+    if plan.runs("throughput") or plan.runs("config"):
+        verdicts += pinned_load(report, plan, procs, workdir, upstream)
+    if plan.runs("streaming"):
+        report.note("streaming")
+        verdicts += streamed(report, plan, procs, workdir)
+    if plan.runs("rss"):
+        report.note("worker RSS")
+        verdicts += sections.worker_rss(report, plan, procs, workdir, upstream)
+    return verdicts
+
+
+def pinned_load(report: Report, plan: Plan, procs: Procs, workdir: Path, upstream: Upstream) -> list[bool]:
+    """Start Portico pinned (and the floor, for throughput); run throughput, then the config engine, on them."""
+    report.note("starting Portico" + (" and the floor" if plan.runs("throughput") else ""))
     portico = start_portico(procs, workdir, plan.workers, plan.threads, plan.server_cpus)
+    verdicts: list[bool] = []
+    if plan.runs("throughput"):
+        verdicts += compare_throughput(report, plan, procs, workdir, upstream, portico)
+    if plan.runs("config"):
+        report.note("config engine")
+        verdicts += config_engine(report, plan, workdir, portico, upstream)
+    procs.stop(portico.proc)
+    return verdicts
+
+
+def compare_throughput(report: Report, plan: Plan, procs: Procs, workdir: Path, upstream: Upstream,
+                       portico: Server) -> list[bool]:
+    """Start the floor and compare direct, floor and Portico under wrk."""
+    floor = start_floor(procs, workdir, upstream.url, plan.workers, plan.threads, plan.server_cpus)
     plain = {"Authorization": "Bearer x"}
     targets = {
         "direct": LoadTarget(upstream.url, write_script(workdir / "direct.lua", plain), upstream.proc.pid, False),
@@ -85,12 +118,7 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
                               portico.proc.pid, True),
     }
     verdicts = sections.throughput_verdicts(report, plan, sections.throughput(report, plan, targets))
-    for proc in (floor.proc, portico.proc):
-        procs.stop(proc)
-    report.note("streaming")
-    verdicts += streamed(report, plan, procs, workdir)
-    report.note("worker RSS")
-    verdicts += sections.worker_rss(report, plan, procs, workdir, upstream)
+    procs.stop(floor.proc)
     return verdicts
 
 

@@ -1,8 +1,9 @@
-"""The three measured parts of the report: throughput and latency, streamed TTFB, worker RSS."""
+"""Three measured parts of the report: throughput and latency, streamed TTFB, worker RSS (configs: config_engine)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,26 +81,30 @@ class Tally:
 
 @dataclass(frozen=True)
 class LoadTarget:
-    """A target of the wrk runs: its base URL, wrk script and the pid of its process tree."""
+    """A target of the wrk runs: its base URL, wrk script, the pid of its process tree and the path called."""
 
     url: str
     script: Path
     pid: int
     on_server_cores: bool
+    path: str = "/v1/rerank"
 
 
 Round = tuple[WrkResult, float, float, float | None]
 
 
-def measured_round(target: LoadTarget, connections: int, plan: Plan) -> Round:
-    """Warm up, then run wrk once; return the result, wall time, target CPU and CPU used by others."""
-    url = target.url + "/v1/rerank"
-    run_wrk(url, target.script, connections, plan.warmup, plan.wrk_threads, plan.load_cpus)
+def measured_round(target: LoadTarget, connections: int, plan: Plan, seconds: float | None = None,
+                   warmup: bool = True) -> Round:
+    """Warm up (unless told not to), then run wrk once; return the result, wall time, target CPU, others' CPU."""
+    url = target.url + target.path
+    if warmup:
+        run_wrk(url, target.script, connections, plan.warmup, plan.wrk_threads, plan.load_cpus)
     cores = plan.server_cores if target.on_server_cores else []
     cpu_before = procfs.tree_cpu_seconds(target.pid)
     busy_before = procfs.cores_busy_seconds(cores)
     started = time.monotonic()
-    result = run_wrk(url, target.script, connections, plan.round_seconds, plan.wrk_threads, plan.load_cpus)
+    result = run_wrk(url, target.script, connections, seconds or plan.round_seconds, plan.wrk_threads,
+                     plan.load_cpus)
     wall = time.monotonic() - started
     cpu = procfs.tree_cpu_seconds(target.pid) - cpu_before
     others = max(0.0, procfs.cores_busy_seconds(cores) - busy_before - cpu) if cores else None
@@ -111,8 +116,7 @@ def throughput(report: Report, plan: Plan, targets: dict[str, LoadTarget]) -> di
     report.section("Throughput and latency (wrk)")
     report.say("cpu/call: CPU time of the target's processes per call (gunicorn master + workers, or nginx); "
                "others: share of the gunicorn core used by processes outside the benchmark")
-    report.say(f"{'target':<9}{'conc':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'calls':>9}{'cpu/call':>10}"
-               f"{'others':>8}  errors")
+    report.say(table_header("target"))
     tallies: dict[tuple[str, int], Tally] = {}
     for connections in plan.concurrencies:
         for name in TARGETS:
@@ -121,15 +125,22 @@ def throughput(report: Report, plan: Plan, targets: dict[str, LoadTarget]) -> di
             for name in TARGETS:
                 tallies[name, connections].add(*measured_round(targets[name], connections, plan))
         for name in TARGETS:
-            report.say(_row(name, connections, tallies[name, connections], len(plan.server_cores)))
+            report.say(table_row(name, connections, tally=tallies[name, connections], cores=len(plan.server_cores)))
     return tallies
 
 
-def _row(name: str, connections: int, tally: Tally, cores: int) -> str:
+def table_header(label: str, width: int = 9) -> str:
+    """Return the header line of a wrk results table whose first column is `width` wide."""
+    return (f"{label:<{width}}{'conc':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'calls':>9}{'cpu/call':>10}"
+            f"{'others':>8}  errors")
+
+
+def table_row(name: str, connections: int, *, tally: Tally, cores: int, width: int = 9) -> str:
+    """Return one line of a wrk results table."""
     others = tally.others_pct(cores)
     shown = f"{others:.0f}%" if others is not None else "-"
     cpu = f"{tally.cpu_us:.0f} us" if tally.cpu_us >= 10 else f"{tally.cpu_us:.1f} us"
-    return (f"{name:<9}{connections:>5}{tally.rps:>9.0f}{tally.p50:>9.2f}{tally.p99:>9.2f}{tally.requests:>9}"
+    return (f"{name:<{width}}{connections:>5}{tally.rps:>9.0f}{tally.p50:>9.2f}{tally.p99:>9.2f}{tally.requests:>9}"
             f"{cpu:>10}{shown:>8}  {tally.bad or '-'}")
 
 
@@ -150,16 +161,17 @@ def throughput_verdicts(report: Report, plan: Plan, tallies: dict[tuple[str, int
     p50_ok = ratio <= ADDED_P50_RATIO_MAX
     report.say(f"added p50 at c=1: portico +{added_portico:.3f} ms, floor +{added_floor:.3f} ms, "
                f"ratio {ratio:.2f} (target <= {ADDED_P50_RATIO_MAX})  {verdict(p50_ok)}")
-    _warn_noise(report, plan, tallies)
+    warn_noise(report, plan, tallies.values())
     return [rps_ok, p50_ok]
 
 
-def _warn_noise(report: Report, plan: Plan, tallies: dict[tuple[str, int], Tally]) -> None:
+def warn_noise(report: Report, plan: Plan, tallies: Iterable[Tally]) -> None:
     """Say so when errors happened or other processes took a real share of the gunicorn core."""
-    errors = sum(t.bad for t in tallies.values())
+    tallies = list(tallies)
+    errors = sum(t.bad for t in tallies)
     if errors:
-        report.say(f"WARNING: {errors} socket errors or 4xx/5xx answers during the runs (see the table)")
-    busiest = max((t.others_pct(len(plan.server_cores)) or 0.0 for t in tallies.values()), default=0.0)
+        report.say(f"WARNING: {errors} socket errors or unexpected 4xx/5xx answers during the runs (see the table)")
+    busiest = max((t.others_pct(len(plan.server_cores)) or 0.0 for t in tallies), default=0.0)
     if busiest >= BUSY_WARNING_PCT:
         report.say(f"WARNING: processes outside the benchmark used up to {busiest:.0f}% of the gunicorn core "
                    "during a run; rps and latency figures are disturbed (CPU per call much less so)")

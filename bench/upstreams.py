@@ -16,6 +16,8 @@ RERANK_ANSWER = {
     "results": [{"index": 0, "relevance_score": 0.91}, {"index": 1, "relevance_score": 0.12}],
     "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
 }
+FAIL_PATH = "/fail/v1/rerank"  # answers 503 at once: the failing first target of the fallback runs
+FAIL_ANSWER = {"error": {"message": "bench: overloaded", "type": "server_error", "code": 503}}
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Upstream:
     label: str
     port: int
     proc: Proc
+    serves_fail: bool = False  # answers 503 on FAIL_PATH (nginx only)
 
     @property
     def url(self) -> str:
@@ -33,8 +36,9 @@ class Upstream:
 
 
 def nginx_conf(workdir: Path, port: int) -> str:
-    """Return an nginx config that listens on loopback only and answers /v1/rerank with a fixed JSON body."""
-    body = json.dumps(RERANK_ANSWER, separators=(",", ":")).replace("'", "\\'")
+    """Return an nginx config on loopback only: fixed JSON for /v1/rerank (200) and for FAIL_PATH (503)."""
+    body, fail = (json.dumps(answer, separators=(",", ":")).replace("'", "\\'")
+                  for answer in (RERANK_ANSWER, FAIL_ANSWER))
     temp = {name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     return f"""worker_processes 1;
 pid {workdir / "nginx.pid"};
@@ -53,6 +57,7 @@ http {{
         listen {LOOPBACK}:{port};
         default_type application/json;
         location = /v1/rerank {{ return 200 '{body}'; }}
+        location = {FAIL_PATH} {{ return 503 '{fail}'; }}
         location / {{ return 200 '{{"ok":true}}'; }}
     }}
 }}
@@ -76,7 +81,8 @@ def start_nginx(procs: Procs, workdir: Path, cpus: str | None) -> Upstream | Non
     cmd = [binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
     proc = procs.start("nginx", pinned(cmd, cpus), stderr=workdir / "nginx.stderr")
     wait_http(proc, port)
-    return Upstream(f"{nginx_version(binary)} (fixed JSON for /v1/rerank, 1 worker)", port, proc)
+    label = f"{nginx_version(binary)} (fixed JSON: 200 for /v1/rerank, 503 for {FAIL_PATH}; 1 worker)"
+    return Upstream(label, port, proc, serves_fail=True)
 
 
 def start_fake(procs: Procs, workdir: Path, cpus: str | None, name: str = "fake-provider") -> Upstream:
