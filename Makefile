@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo bench lint setup clean
+.PHONY: run test demo bench lint setup clean system-deps
 
 setup: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)  ## start the gateway on GATEWAY_BIND (default 127.0.0.1:8787)
 	$(BIN)/gunicorn -c gunicorn.conf.py
 
-test: $(STAMP)  ## run the whole suite (unit + integration through gunicorn)
+system-deps:  ## what the tests need from Debian: a real redis-server (started per test run, on loopback)
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+		(echo "the tests need redis-server: apt-get install redis-server" && exit 1)
+
+test: $(STAMP) system-deps  ## run the whole suite (unit + integration through gunicorn)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)  ## fake provider + gateway + sample calls, no provider account needed

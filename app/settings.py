@@ -17,6 +17,7 @@ from app.providers.registry import PROVIDERS
 DEFAULT_BIND = "127.0.0.1:8787"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 DEFAULT_SPOOL_MEMORY_BYTES = 1024 * 1024
+DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -76,6 +77,9 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     access_log: bool = True
+    cache_backend: str = "memory"
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    cache_max_entry_bytes: int = DEFAULT_CACHE_MAX_BYTES // 8
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,6 +138,11 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         connect_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "connect_timeout_ms", 10_000) / 1000,
         read_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "read_timeout_ms", 600_000) / 1000,
         access_log=reader.bool_in(data.get("logs", {}), "logs", "access_log", True),
+        cache_backend=reader.cache_backend(data.get("cache", {})),
+        cache_max_bytes=reader.int_in(data.get("cache", {}), "cache", "max_bytes", DEFAULT_CACHE_MAX_BYTES),
+        cache_max_entry_bytes=reader.int_in(data.get("cache", {}), "cache", "max_entry_bytes",
+                                            reader.int_in(data.get("cache", {}), "cache", "max_bytes",
+                                                          DEFAULT_CACHE_MAX_BYTES) // 8),
         raw=data,
     )
 
@@ -210,6 +219,12 @@ class _Reader:
         if val < 0 or isinstance(raw, bool):
             raise self.fail(f"{name}.{key}", "must be a non-negative integer")
         return val
+
+    def cache_backend(self, section: Any) -> str:
+        raw = self.string(self.table(section, "cache").get("backend", "memory"), "cache.backend")
+        if raw != "memory" and not raw.startswith(("redis://", "rediss://", "unix://")):
+            raise self.fail("cache.backend", f"must be \"memory\" or a redis:// URL, got {raw.split('://')[0]!r}")
+        return raw
 
     def bool_in(self, section: Any, name: str, key: str, default: bool) -> bool:
         raw = self.value(self.table(section, name).get(key, default), f"{name}.{key}")

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from app.cache import ResponseCache, build_cache, cache_key
 from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
 from app.pipeline import auth, inbound, resolve, upstream
 from app.pipeline.answer import Answer
 from app.pipeline.context import RequestContext, ResolvedTarget
-from app.pipeline.routing import Outcome, Router
+from app.pipeline.routing import LeafExtras, Outcome, Router
 from app.settings import Settings
 
 
 class Gateway:
-    """The per-process gateway: settings, custom-host policy, upstream sessions and the stages."""
+    """The per-process gateway: settings, custom-host policy, upstream sessions, cache and the stages."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cache: ResponseCache | None = None) -> None:
         self.settings = settings
         self.policy = HostPolicy(settings.custom_hosts_allow)
         self.sessions = SessionHolder(pool_size=max(settings.threads, 10), trust_env=settings.trust_env)
+        if cache is None:
+            cache = build_cache(settings.cache_backend, settings.cache_max_bytes, settings.cache_max_entry_bytes)
+        self.cache = cache
+        self.extras = LeafExtras(cache=self.cache, cache_key=self.cache_key,
+                                 hooks_http=upstream.HookHTTP(self.sessions.get, self.policy))
 
     def run(self, ctx: RequestContext, stream: BinaryIO, declared_length: int | None) -> Outcome:
         """Run the stages and the config's routing; return the answering target's outcome (an answer to relay)."""
@@ -32,7 +38,7 @@ class Gateway:
                                   self.settings.spool_memory_bytes)
         resolve.load_config(ctx, self.settings)
         assert ctx.config is not None
-        outcome = Router(ctx, self.settings, self.send).run(ctx.config)
+        outcome = Router(ctx, self.settings, self.send, self.extras).run(ctx.config)
         ctx.target = outcome.target
         ctx.retry_count = outcome.retries
         if ctx.option_index:
@@ -45,3 +51,11 @@ class Gateway:
              forward: tuple[str, ...]) -> Answer:
         """Make one upstream attempt with this worker's session and the custom-host policy."""
         return upstream.send(ctx, target, body, timeout_ms, forward, self.sessions.get(), self.policy, self.settings)
+
+    def cache_key(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None) -> str:
+        """Return the cache key of a leaf's call (SPEC 9.3)."""
+        url, _ = upstream.upstream_url(ctx, target, self.policy)
+        return cache_key(provider=target.provider.slug, url=url, method=ctx.method,
+                         body=body.bytes() if body is not None else None,
+                         content_type=ctx.headers.get("content-type"), credential=target.credential,
+                         namespace=ctx.headers.get("x-portkey-cache-namespace"))

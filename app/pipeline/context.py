@@ -59,6 +59,8 @@ class RequestContext:
     option_index: str | None = None
     bytes_out: int = 0
     error: str | None = None
+    cache_status: str = "DISABLED"
+    hook_results: dict[str, Any] = field(default_factory=dict)
     _body_json: Any = field(default=_UNSET, repr=False)
 
     @property

@@ -8,14 +8,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.cache import ResponseCache
 from app.config.models import RetryPolicy, Strategy, Target
 from app.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
+from app.guardrails import GuardrailHTTP
 from app.http.body import Body
 from app.http.headers import forward_list
+from app.pipeline import cache as cache_stage
 from app.pipeline.answer import Answer
 from app.pipeline.backoff import next_wait
 from app.pipeline.conditions import pick_conditional
 from app.pipeline.context import RequestContext, ResolvedTarget
+from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after, run_before
 from app.pipeline.resolve import check_supported, leaf_body, merged, resolve_leaf
 from app.settings import Settings
 
@@ -37,6 +41,7 @@ class Outcome:
     answer: Answer | None = None
     error: GatewayError | None = None
     retries: int = 0
+    on_complete: Callable[[bytes], None] | None = None  # stores the relayed body in the cache
 
     @property
     def status(self) -> int:
@@ -52,14 +57,24 @@ class Outcome:
             self.answer.discard()
 
 
+@dataclass(frozen=True)
+class LeafExtras:
+    """What leaves use besides the upstream: the response cache and the HTTP client of guardrail checks."""
+
+    cache: ResponseCache | None = None
+    cache_key: Callable[[RequestContext, ResolvedTarget, Body | None], str] = lambda ctx, target, body: ""
+    hooks_http: GuardrailHTTP | None = None
+
+
 class Router:
     """Walks one call's config tree: picks targets by strategy, retries leaves, falls back in order."""
 
-    def __init__(self, ctx: RequestContext, settings: Settings, send: SendFn,
+    def __init__(self, ctx: RequestContext, settings: Settings, send: SendFn, extras: LeafExtras | None = None,
                  rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.ctx = ctx
         self.settings = settings
         self.send = send
+        self.extras = extras or LeafExtras()
         self.rng = rng or _RNG
         self.sleep = sleep
 
@@ -103,10 +118,49 @@ class Router:
         return self.rng.choices(range(len(children)), weights=weights)[0]
 
     def _leaf(self, leaf: Target, path: str) -> Outcome:
+        """Run one leaf: before hooks, cache lookup, the upstream with retries, cache store, after hooks."""
         ctx = self.ctx
         target = resolve_leaf(leaf, ctx, self.settings)
         check_supported(ctx, target)
         body = leaf_body(leaf, ctx)
+        hooks = leaf_hooks(leaf)
+        before_failed = False
+        if hooks is not None:
+            body, denied, before_failed = run_before(ctx, hooks, body, target.provider.slug, self.extras.hooks_http)
+            if denied is not None:
+                return Outcome(path, target, answer=denied)
+        ctx.cache_status, cacheable = cache_stage.plan(ctx, leaf.cache)
+        key = None
+        if cacheable and self.extras.cache is not None and leaf.cache is not None:
+            key = self.extras.cache_key(ctx, target, body)
+            hit = cache_stage.lookup(self.extras.cache, key) if ctx.cache_status == cache_stage.MISS else None
+            if hit is not None:
+                ctx.cache_status = cache_stage.HIT
+                return self._finish(Outcome(path, target, answer=hit), hooks, before_failed, None)
+        outcome = self._upstream(leaf, target, body, path)
+        store = None
+        if key is not None and outcome.answer is not None and leaf.cache is not None:
+            store = cache_stage.storer(self.extras.cache, key, outcome.answer, leaf.cache)  # type: ignore[arg-type]
+        return self._finish(outcome, hooks, before_failed, store)
+
+    def _finish(self, outcome: Outcome, hooks: LeafHooks | None, before_failed: bool,
+                store: Callable[[bytes], None] | None) -> Outcome:
+        """Attach the cache store, and let after hooks shape a successful answer."""
+        answer = outcome.answer
+        if answer is None or not 200 <= answer.status < 300:
+            return outcome
+        if hooks is None:
+            outcome.on_complete = store
+            return outcome
+        if store is not None and answer.read_all(self.settings.cache_max_entry_bytes):
+            store(answer.first_chunk)  # the upstream's own bytes, before hooks add their results
+        outcome.answer = run_after(self.ctx, hooks, answer, before_failed, outcome.target.provider.slug,
+                                   self.extras.hooks_http)
+        return outcome
+
+    def _upstream(self, leaf: Target, target: ResolvedTarget, body: Body | None, path: str) -> Outcome:
+        """Call the upstream, retrying as the leaf's retry policy says."""
+        ctx = self.ctx
         timeout_ms = ctx.timeout_ms or leaf.request_timeout
         forward = forward_list(None, leaf.forward_headers or ()) if leaf.forward_headers else ()
         forward = tuple(dict.fromkeys(ctx.forward + forward))

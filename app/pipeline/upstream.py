@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -62,18 +65,9 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
     ctx.upstream_url = url
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
-    if pinned is not None and pinned.address is not None and pinned.address != pinned.host:
-        prepared.pinned_address = pinned.address  # type: ignore[attr-defined]
-        prepared.headers["Host"] = _host_header(pinned)
-    timeout = _timeouts(timeout_ms, settings)
-    proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"] if session.trust_env else None
     sent = time.perf_counter()
     try:
-        # The adapter, not Session.send: the session's redirect handling would read (and decode) a 3xx body.
-        response = session.get_adapter(url).send(prepared, stream=True, timeout=timeout,
-                                                 proxies=proxies)
-    except requests.exceptions.RequestException as err:
-        raise _translate(err, url, timeout_ms) from err
+        response = dispatch(session, prepared, pinned, _timeouts(timeout_ms, settings), timeout_ms)
     finally:
         ctx.upstream_ms = (time.perf_counter() - sent) * 1000
     if timeout_ms is not None:
@@ -86,6 +80,60 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
     except UpstreamUnreachable:
         response.close()
         raise
+
+
+def dispatch(session: requests.Session, prepared: requests.PreparedRequest, pinned: PinnedHost | None,
+             timeout: tuple[float, float], timeout_ms: int | None) -> requests.Response:
+    """Send a prepared request to the checked address; the one place transport failures are translated."""
+    url = prepared.url or ""
+    if pinned is not None and pinned.address is not None and pinned.address != pinned.host:
+        prepared.pinned_address = pinned.address  # type: ignore[attr-defined]
+        prepared.headers["Host"] = _host_header(pinned)
+    proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"] if session.trust_env else None
+    try:
+        # The adapter, not Session.send: the session's redirect handling would read (and decode) a 3xx body.
+        return session.get_adapter(url).send(prepared, stream=True, timeout=timeout, proxies=proxies)
+    except requests.exceptions.RequestException as err:
+        raise _translate(err, url, timeout_ms) from err
+
+
+class HookHTTP:
+    """The HTTP client of guardrail checks (webhook, JWKS): pooled session, custom-host policy, hard timeouts."""
+
+    MAX_ANSWER_BYTES = 1024 * 1024
+
+    def __init__(self, sessions: Callable[[], requests.Session], policy: HostPolicy) -> None:
+        self.sessions = sessions
+        self.policy = policy
+
+    def post_json(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
+                  timeout_s: float) -> tuple[int, Any]:
+        """POST JSON and return (status, parsed JSON or None)."""
+        data = Body(json.dumps(body, separators=(",", ":")).encode())
+        return self._call("POST", url, {"Content-Type": "application/json", **headers}, data, timeout_s)
+
+    def get_json(self, url: str, timeout_s: float) -> tuple[int, Any]:
+        """GET and return (status, parsed JSON or None)."""
+        return self._call("GET", url, {"Accept": "application/json"}, None, timeout_s)
+
+    def _call(self, method: str, url: str, headers: Mapping[str, str], body: Body | None,
+              timeout_s: float) -> tuple[int, Any]:
+        parts = urlsplit(url)
+        # The policy checks where the call goes (scheme, host, port); path and query are the hook's own.
+        pinned = self.policy.check(f"{parts.scheme}://{parts.netloc}")
+        rest = parts.path + ("?" + parts.query if parts.query else "")
+        prepared = prepare(method, pinned.base_url + rest, dict(headers), body, False)
+        response = dispatch(self.sessions(), prepared, pinned, (timeout_s, timeout_s), int(timeout_s * 1000))
+        try:
+            raw = response.raw.read(self.MAX_ANSWER_BYTES + 1, decode_content=True)
+        finally:
+            response.close()
+        if len(raw) > self.MAX_ANSWER_BYTES:
+            return response.status_code, None
+        try:
+            return response.status_code, json.loads(raw) if raw else None
+        except ValueError:
+            return response.status_code, None
 
 
 def prepare(method: str, url: str, headers: dict[str, str], body: Body | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
@@ -38,17 +38,20 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     declared = None if chunked else (request.content_length or 0)
     stream = cast(BinaryIO, environ["wsgi.input"] if declared is None else request.stream)
-    outcome = gateway().run(ctx, stream, declared)
+    gw = gateway()
+    outcome = gw.run(ctx, stream, declared)
     assert outcome.answer is not None
-    return relayed(outcome.answer, ctx)
+    return relayed(outcome.answer, ctx, outcome.on_complete, gw.settings.cache_max_entry_bytes)
 
 
-def relayed(answer: Answer, ctx: RequestContext) -> Response:
-    """Return the client response that streams the answer as it arrives."""
+def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], None] | None = None,
+            keep_limit: int = 0) -> Response:
+    """Return the client response that streams the answer as it arrives (keeping a copy for the cache)."""
     ctx.upstream_status = answer.status
     headers = answer.headers
     status = f"{answer.status} {answer.reason}".strip()
-    body = Relay(answer, ctx, on_close=access_logger(ctx, answer.status))
+    body = Relay(answer, ctx, on_close=access_logger(ctx, answer.status), on_complete=on_complete,
+                 keep_limit=keep_limit)
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):
@@ -78,7 +81,7 @@ def with_gateway_headers(response: Response, ctx: RequestContext) -> Response:
     if ctx.target is not None:
         headers["x-portkey-provider"] = ctx.target.provider.slug
         headers["x-portkey-retry-attempt-count"] = str(ctx.retry_count)
-        headers["x-portkey-cache-status"] = "DISABLED"
+        headers["x-portkey-cache-status"] = ctx.cache_status
         if ctx.option_index:
             headers["x-portkey-last-used-option-index"] = ctx.option_index
     return response

@@ -1,0 +1,114 @@
+"""Guardrail hooks around a leaf's upstream call: deny (446), flag (246), mutate (SPEC 12)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.config.models import Target
+from app.guardrails import GuardrailHTTP, HookContext, expand_hooks, run_hooks, skipped_results
+from app.http.body import Body
+from app.pipeline.answer import Answer
+from app.pipeline.context import RequestContext
+
+BEFORE_ENDPOINTS = frozenset({"chatComplete", "complete", "messages", "embed"})
+AFTER_ENDPOINTS = frozenset({"chatComplete", "complete", "messages"})
+DENY_MESSAGE = ("The guardrail checks defined in the config failed. You can find more information in the "
+                "`hook_results` object.")
+MAX_HOOKED_BODY = 16 * 1024 * 1024  # answers larger than this are relayed without after hooks
+_JSON = [("Content-Type", "application/json")]
+
+
+@dataclass(frozen=True)
+class LeafHooks:
+    """The hooks a leaf runs, shorthand expanded."""
+
+    before: list[dict[str, Any]]
+    after: list[dict[str, Any]]
+
+
+def leaf_hooks(leaf: Target) -> LeafHooks | None:
+    """Return the leaf's hooks (with guardrail shorthand expanded), or None when it has none."""
+    before, after = expand_hooks(leaf.before_request_hooks, leaf.after_request_hooks,
+                                 leaf.input_guardrails, leaf.output_guardrails)
+    return LeafHooks(before, after) if before or after else None
+
+
+def run_before(ctx: RequestContext, hooks: LeafHooks, body: Body | None, provider: str,
+               http: GuardrailHTTP | None) -> tuple[Body | None, Answer | None, bool]:
+    """Run before-request hooks: return the body to send, a 446 answer when denied, and whether one failed."""
+    if not hooks.before:
+        return body, None, False
+    if ctx.endpoint not in BEFORE_ENDPOINTS:
+        ctx.hook_results["before_request_hooks"] = skipped_results(hooks.before)
+        return body, None, False
+    request_json = _json_object(body.bytes() if body is not None else b"")
+    run = run_hooks(hooks.before, _context(ctx, "before", request_json, None, provider, http))
+    ctx.hook_results["before_request_hooks"] = run.results
+    if run.denied:
+        return body, denied_answer(ctx), True
+    if run.request_json is not None:
+        body = Body(json.dumps(run.request_json, separators=(",", ":")).encode())
+    return body, None, not run.verdict
+
+
+def run_after(ctx: RequestContext, hooks: LeafHooks, answer: Answer, before_failed: bool, provider: str,
+              http: GuardrailHTTP | None) -> Answer:
+    """Run after-request hooks on a 200 answer and shape what the client gets: 446, 246 or the answer."""
+    streaming = _is_stream(answer)
+    if streaming or not answer.read_all(MAX_HOOKED_BODY):
+        if hooks.after:
+            ctx.hook_results["after_request_hooks"] = skipped_results(hooks.after)
+        return _flagged(answer, before_failed)
+    response_json = _json_object(answer.decoded_body())
+    after_failed = False
+    if hooks.after and answer.status == 200 and ctx.endpoint in AFTER_ENDPOINTS and response_json is not None:
+        request_json = ctx.body_json() if isinstance(ctx.body_json(), Mapping) else None
+        run = run_hooks(hooks.after, _context(ctx, "after", request_json, response_json, provider, http))
+        ctx.hook_results["after_request_hooks"] = run.results
+        if run.denied:
+            return denied_answer(ctx)
+        response_json = run.response_json if run.response_json is not None else response_json
+        after_failed = not run.verdict
+    elif hooks.after:
+        ctx.hook_results["after_request_hooks"] = skipped_results(hooks.after)
+    if response_json is None:
+        return _flagged(answer, before_failed)
+    status = 246 if answer.status == 200 and (before_failed or after_failed) else answer.status
+    body = {**response_json, "hook_results": ctx.hook_results}
+    return answer.with_body(status, json.dumps(body, separators=(",", ":")).encode())
+
+
+def denied_answer(ctx: RequestContext) -> Answer:
+    """Return the 446 answer of a denied guardrail, with the hook results so far."""
+    body = {"error": {"message": DENY_MESSAGE, "type": "hooks_failed", "param": None, "code": None},
+            "hook_results": ctx.hook_results}
+    return Answer.whole(446, json.dumps(body, separators=(",", ":")).encode(), list(_JSON), "Guardrail Denied")
+
+
+def _flagged(answer: Answer, failed: bool) -> Answer:
+    """Mark a failed, non-denying check on an answer whose body is relayed as it is: 246, stream intact."""
+    if failed and answer.status == 200:
+        answer.status, answer.reason = 246, "Guardrail Failed"
+    return answer
+
+
+def _is_stream(answer: Answer) -> bool:
+    return (answer.header("content-type") or "").startswith("text/event-stream")
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _context(ctx: RequestContext, event: str, request_json: Mapping[str, Any] | None,
+             response_json: Mapping[str, Any] | None, provider: str, http: GuardrailHTTP | None) -> HookContext:
+    return HookContext(event=event, endpoint=ctx.endpoint or "proxy", request_json=request_json,
+                       response_json=response_json, metadata=ctx.metadata,
+                       headers={k.lower(): v for k, v in ctx.header_items}, provider=provider, http=http)
