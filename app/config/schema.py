@@ -26,6 +26,7 @@ from app.config.models import (
     Target,
 )
 from app.errors import BadRequest, InvalidConfig
+from app.guardrails import validate_hooks
 
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 MAX_AGE_S = 365 * 24 * 3600
@@ -269,6 +270,7 @@ def parse_config(data: object) -> Target:
         # Stop here: the rest of a too-large tree is not worth (or safe) walking.
         raise InvalidConfig(INVALID_CONFIG, errors=_render(guard_errors))
     errors = list(_structure_errors(data))
+    errors.extend(_hook_errors(data, ()))
     try:
         target = _ROOT_SCHEMA.load(data)
     except ValidationError as exc:
@@ -276,6 +278,23 @@ def parse_config(data: object) -> Target:
     if errors:
         raise _invalid(errors)
     return target
+
+
+_HOOK_FIELDS = ("before_request_hooks", "after_request_hooks", "input_guardrails", "output_guardrails")
+
+
+def _hook_errors(node: Mapping[str, Any], path: Path) -> Iterator[tuple[Path, str]]:
+    """Yield guardrail problems (unknown checks, bad parameters) of every node, with their full paths."""
+    for name in _HOOK_FIELDS:
+        hooks = node.get(name)
+        if isinstance(hooks, list):
+            for sub_path, message in validate_hooks(hooks):
+                yield (*path, name, *sub_path), message
+    targets = node.get("targets")
+    if isinstance(targets, list):
+        for index, child in enumerate(targets):
+            if isinstance(child, Mapping):
+                yield from _hook_errors(child, (*path, "targets", index))
 
 
 def _invalid(errors: list[tuple[Path, str]]) -> InvalidConfig:

@@ -172,7 +172,10 @@ def flag(value: Any) -> str | None:
 
 def is_number(value: Any) -> bool:
     """Tell whether `value` is a finite JSON number (booleans are not numbers)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # Ints are exact; a huge one is still a number (and would overflow math.isfinite).
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def count(value: Any) -> str | None:

@@ -42,7 +42,7 @@ SEEDS: list[dict[str, Any]] = [
                   "conditions": [{"query": {"metadata.tier": {"$eq": "pro"}}, "then": "a"}]},
      "targets": [{"name": "a", "provider": "openai"}, {"name": "b", "provider": "cohere"}]},
     {"before_request_hooks": [{"id": "h", "type": "guardrail", "checks": [{"id": "default.wordCount"}]}],
-     "input_guardrails": ["pg-1", {"wordCount": {"maxWords": 5}, "deny": True}], "output_guardrails": [],
+     "input_guardrails": [{"notNull": {}}, {"wordCount": {"maxWords": 5}, "deny": True}], "output_guardrails": [],
      "targets": [{"provider": "anthropic", "after_request_hooks": []}]},
 ]
 

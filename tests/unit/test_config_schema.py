@@ -32,7 +32,7 @@ FULL_TARGET: dict[str, Any] = {
     "strict_open_ai_compliance": False,
     "before_request_hooks": [{"id": "h1", "type": "guardrail", "checks": []}],
     "after_request_hooks": [],
-    "input_guardrails": ["pg-abc", {"default.wordCount": {"maxWords": 10}, "deny": True}],
+    "input_guardrails": [{"default.notNull": {}}, {"default.wordCount": {"maxWords": 10}, "deny": True}],
     "output_guardrails": [],
     "resource_name": "res", "deployment_id": "dep", "api_version": "2024-02-01",
 }
@@ -82,7 +82,7 @@ def nested(depth: int) -> dict[str, Any]:
     {"weight": 0},
     {"weight": 3},
     {"override_params": {}},
-    {"input_guardrails": ["pg-1", {"id": "x"}], "output_guardrails": []},
+    {"input_guardrails": [{"default.notNull": {}}, {"id": "x", "default.notNull": {}}], "output_guardrails": []},
     {"targets": [{"provider": "openai"}]},
     {"strategy": {"mode": "single"}, "targets": [{"provider": "openai"}]},
     {"strategy": {"mode": "conditional", "conditions": [{"query": {"metadata.tier": "pro"}, "then": "a"}],
@@ -319,7 +319,7 @@ def test_full_target_builds_typed_frozen_models() -> None:
     assert target.strict_open_ai_compliance is False
     assert target.before_request_hooks == ({"id": "h1", "type": "guardrail", "checks": []},)
     assert target.after_request_hooks == ()
-    assert target.input_guardrails == ("pg-abc", {"default.wordCount": {"maxWords": 10}, "deny": True})
+    assert target.input_guardrails == ({"default.notNull": {}}, {"default.wordCount": {"maxWords": 10}, "deny": True})
     assert target.output_guardrails == ()
     assert target.provider_options == {"resource_name": "res", "deployment_id": "dep", "api_version": "2024-02-01"}
     assert target.strategy is None
@@ -401,12 +401,12 @@ def test_every_provider_option_field_lands_in_provider_options() -> None:
 
 
 def test_parsing_does_not_alias_the_input() -> None:
-    config: dict[str, Any] = {"override_params": {"model": "a"}, "before_request_hooks": [{"id": "h"}]}
+    config: dict[str, Any] = {"override_params": {"model": "a"}, "before_request_hooks": [{"id": "h", "checks": [{"id": "default.notNull"}]}]}
     target = parse_config(config)
     config["override_params"]["model"] = "b"
     config["before_request_hooks"].append({"id": "i"})
     assert target.override_params == {"model": "a"}
-    assert target.before_request_hooks == ({"id": "h"},)
+    assert target.before_request_hooks == ({"id": "h", "checks": [{"id": "default.notNull"}]},)
 
 
 def test_parsing_does_not_mutate_the_input() -> None:
@@ -431,3 +431,13 @@ def test_error_list_is_capped() -> None:
     error = errors_of({"targets": bad_targets, "strategy": {"mode": "fallback"}})
     assert len(error.errors or []) == 51
     assert (error.errors or [])[-1].endswith("70 more problems")
+
+
+def test_guardrail_problems_are_reported_with_their_paths() -> None:
+    config = {"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "openai"},
+        {"provider": "openai", "input_guardrails": [{"default.regexMatch": {}}],
+         "after_request_hooks": [{"id": "h", "checks": [{"id": "default.nope"}]}]}]}
+    errors = errors_of(config).errors or []
+    assert any(e.startswith("path: targets,1,input_guardrails,0") and "rule" in e for e in errors), errors
+    assert any(e.startswith("path: targets,1,after_request_hooks,0") and "nope" in e for e in errors), errors
