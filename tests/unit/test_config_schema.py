@@ -401,7 +401,8 @@ def test_every_provider_option_field_lands_in_provider_options() -> None:
 
 
 def test_parsing_does_not_alias_the_input() -> None:
-    config: dict[str, Any] = {"override_params": {"model": "a"}, "before_request_hooks": [{"id": "h", "checks": [{"id": "default.notNull"}]}]}
+    hook = {"id": "h", "checks": [{"id": "default.notNull"}]}
+    config: dict[str, Any] = {"override_params": {"model": "a"}, "before_request_hooks": [hook]}
     target = parse_config(config)
     config["override_params"]["model"] = "b"
     config["before_request_hooks"].append({"id": "i"})
