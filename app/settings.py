@@ -18,6 +18,7 @@ DEFAULT_BIND = "127.0.0.1:8787"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 DEFAULT_SPOOL_MEMORY_BYTES = 1024 * 1024
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_LOGS_PATH = "portico-logs.sqlite"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -77,6 +78,10 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     access_log: bool = True
+    logs_path: str | None = None
+    logs_retention_days: int = 30
+    admin_key_sha256: str | None = field(default=None, repr=False)
+    pricing: Mapping[str, Any] = field(default_factory=dict)
     cache_backend: str = "memory"
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_max_entry_bytes: int = DEFAULT_CACHE_MAX_BYTES // 8
@@ -138,6 +143,10 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         connect_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "connect_timeout_ms", 10_000) / 1000,
         read_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "read_timeout_ms", 600_000) / 1000,
         access_log=reader.bool_in(data.get("logs", {}), "logs", "access_log", True),
+        logs_path=reader.logs_path(data.get("logs", {})),
+        logs_retention_days=reader.int_in(data.get("logs", {}), "logs", "retention_days", 30),
+        admin_key_sha256=reader.admin_key(data.get("admin", {})),
+        pricing=reader.table(data.get("pricing", {}), "pricing"),
         cache_backend=reader.cache_backend(data.get("cache", {})),
         cache_max_bytes=reader.int_in(data.get("cache", {}), "cache", "max_bytes", DEFAULT_CACHE_MAX_BYTES),
         cache_max_entry_bytes=reader.int_in(data.get("cache", {}), "cache", "max_entry_bytes",
@@ -219,6 +228,18 @@ class _Reader:
         if val < 0 or isinstance(raw, bool):
             raise self.fail(f"{name}.{key}", "must be a non-negative integer")
         return val
+
+    def logs_path(self, section: Any) -> str | None:
+        """Return the request-log file; "" turns the log store off."""
+        raw = self.value(self.table(section, "logs").get("path", DEFAULT_LOGS_PATH), "logs.path")
+        if not isinstance(raw, str):
+            raise self.fail("logs.path", "must be a file path, or \"\" to keep no request log")
+        return raw or None
+
+    def admin_key(self, section: Any) -> str | None:
+        """Return the SHA-256 of the admin key (kept hashed, like gateway keys)."""
+        raw = self.table(section, "admin").get("key")
+        return hash_key(self.string(raw, "admin.key")) if raw is not None else None
 
     def cache_backend(self, section: Any) -> str:
         raw = self.string(self.table(section, "cache").get("backend", "memory"), "cache.backend")

@@ -20,6 +20,7 @@ from tests.conftest import GATEWAY_KEY
 from tests.fakes.provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "admin-test-key-0123"
 
 
 def free_port() -> int:
@@ -35,6 +36,11 @@ class Gateway:
     def __init__(self, toml: str, workers: int = 1, threads: int = 8, env: dict[str, str] | None = None) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="portico-it-")
         self.config = Path(self.dir.name) / "gateway.toml"
+        self.logs_path = Path(self.dir.name) / "logs.sqlite"
+        if "[logs]" not in toml:
+            toml += f'\n[logs]\npath = "{self.logs_path}"\n'
+        if "[admin]" not in toml:
+            toml += f'\n[admin]\nkey = "{ADMIN_KEY}"\n'
         self.config.write_text(toml)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
