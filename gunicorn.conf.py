@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
+from app.metrics import mark_worker_dead, prepare_multiprocess_dir
 from app.settings import SettingsError, check_start, load_settings
 
 try:
@@ -13,6 +15,9 @@ except SettingsError as err:
     # One line that names the file, the key and the problem; no traceback.
     print(f"portico: {err}", file=sys.stderr)
     sys.exit(1)
+
+# Before anything imports prometheus_client: workers then share counters through files in this dir.
+prepare_multiprocess_dir(os.environ)
 
 wsgi_app = "app.wsgi:app"
 bind = [_settings.bind]
@@ -33,3 +38,15 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     """Say once, at start-up, that the gateway runs open (no keys) on loopback."""
     if _warning:
         server.log.warning(_warning)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Drop a dead worker's share of the in-flight gauge; its counters stay."""
+    mark_worker_dead(worker.pid)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Write the worker's last request-log records before it goes (graceful shutdown loses none)."""
+    gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("portico")
+    if gateway is not None:
+        gateway.close()

@@ -7,10 +7,10 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.pipeline.context import RequestContext
+if TYPE_CHECKING:  # the pipeline imports this module; a runtime import would be circular
+    from app.pipeline.context import RequestContext
 
 access_log = logging.getLogger("portico.access")
 _SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&]*")
@@ -55,15 +55,7 @@ class StreamAbortFilter(logging.Filter):
         return True
 
 
-def access_logger(ctx: RequestContext, status: int) -> Callable[[], None]:
-    """Return the callback that logs the call's access line once its body was sent (or the client left)."""
-    def write() -> None:
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(access_line(ctx, status))
-    return write
-
-
-def access_line(ctx: RequestContext, status: int) -> str:
+def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None = None) -> str:
     """Return the JSON access line of a call; no bodies, no secrets."""
     line: dict[str, Any] = {
         "ts": round(time.time(), 3),
@@ -81,6 +73,8 @@ def access_line(ctx: RequestContext, status: int) -> str:
         "bytes_in": ctx.body.size if ctx.body is not None else 0,
         "bytes_out": ctx.bytes_out,
     }
+    if extra:
+        line.update(extra)
     if ctx.error:
         line["error"] = redact(ctx.error)
     return json.dumps(line, separators=(",", ":"))

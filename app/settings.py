@@ -146,7 +146,7 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         logs_path=reader.logs_path(data.get("logs", {})),
         logs_retention_days=reader.int_in(data.get("logs", {}), "logs", "retention_days", 30),
         admin_key_sha256=reader.admin_key(data.get("admin", {})),
-        pricing=reader.table(data.get("pricing", {}), "pricing"),
+        pricing=reader.pricing(data.get("pricing", {})),
         cache_backend=reader.cache_backend(data.get("cache", {})),
         cache_max_bytes=reader.int_in(data.get("cache", {}), "cache", "max_bytes", DEFAULT_CACHE_MAX_BYTES),
         cache_max_entry_bytes=reader.int_in(data.get("cache", {}), "cache", "max_entry_bytes",
@@ -240,6 +240,17 @@ class _Reader:
         """Return the SHA-256 of the admin key (kept hashed, like gateway keys)."""
         raw = self.table(section, "admin").get("key")
         return hash_key(self.string(raw, "admin.key")) if raw is not None else None
+
+    def pricing(self, section: Any) -> dict[str, Any]:
+        """Validate [pricing."provider/model"] entries now; the gateway builds its price table from them."""
+        from app.usage import PricingTable
+
+        raw = self.table(section, "pricing")
+        try:
+            PricingTable.parse_overrides(raw)
+        except ValueError as err:
+            raise self.fail("pricing", str(err)) from None
+        return raw
 
     def cache_backend(self, section: Any) -> str:
         raw = self.string(self.table(section, "cache").get("backend", "memory"), "cache.backend")

@@ -8,11 +8,15 @@ from app.cache import ResponseCache, build_cache, cache_key
 from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
+from app.logstore import LogStore
+from app.metrics import get_metrics
+from app.observe import CallObserver
 from app.pipeline import auth, inbound, resolve, upstream
 from app.pipeline.answer import Answer
 from app.pipeline.context import RequestContext, ResolvedTarget
 from app.pipeline.routing import LeafExtras, Outcome, Router
 from app.settings import Settings
+from app.usage import PricingTable
 
 
 class Gateway:
@@ -25,8 +29,17 @@ class Gateway:
         if cache is None:
             cache = build_cache(settings.cache_backend, settings.cache_max_bytes, settings.cache_max_entry_bytes)
         self.cache = cache
+        pricing = PricingTable.default().merged(PricingTable.parse_overrides(settings.pricing))
+        self.log_store = LogStore(settings.logs_path, settings.logs_retention_days) if settings.logs_path else None
+        self.observer = CallObserver(pricing, self.log_store, get_metrics())
         self.extras = LeafExtras(cache=self.cache, cache_key=self.cache_key,
                                  hooks_http=upstream.HookHTTP(self.sessions.get, self.policy))
+
+    def close(self) -> None:
+        """Flush and stop what runs in the background (the request-log writer, the cache client)."""
+        if self.log_store is not None:
+            self.log_store.close()
+        self.cache.close()
 
     def run(self, ctx: RequestContext, stream: BinaryIO, declared_length: int | None) -> Outcome:
         """Run the stages and the config's routing; return the answering target's outcome (an answer to relay)."""

@@ -130,7 +130,8 @@ class Relay:
     """
 
     def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[], None] | None = None,
-                 on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0) -> None:
+                 on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0,
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self.response = answer.response
         self.pending = answer.first_chunk
         self.ctx = ctx
@@ -139,6 +140,7 @@ class Relay:
         self.keep_limit = keep_limit
         self.kept: list[bytes] | None = [] if on_complete is not None else None
         self.kept_size = 0
+        self.tap = tap
         self.finished = answer.response is None and not answer.first_chunk
         self.closed = False
 
@@ -163,6 +165,8 @@ class Relay:
                 raise StopIteration
         self.ctx.bytes_out += len(chunk)
         self._keep(chunk)
+        if self.tap is not None:
+            self.tap(chunk)  # usage extraction reads a copy; the client gets the chunk unchanged
         return chunk
 
     def _keep(self, chunk: bytes) -> None:

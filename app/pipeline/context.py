@@ -60,6 +60,9 @@ class RequestContext:
     bytes_out: int = 0
     error: str | None = None
     cache_status: str = "DISABLED"
+    upstream_sent: float | None = None
+    fell_back: bool = False
+    usage: Any = None
     hook_results: dict[str, Any] = field(default_factory=dict)
     _body_json: Any = field(default=_UNSET, repr=False)
 

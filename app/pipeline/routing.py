@@ -106,6 +106,7 @@ class Router:
             outcome = self._node(child, node, f"{path}.targets[{index}]")
             if not moves_on(outcome, strategy):
                 return outcome
+            self.ctx.fell_back = True
             log.info("trace_id=%s fallback: %s answered %s, trying the next target", self.ctx.trace_id,
                      outcome.path, outcome.status)
         assert outcome is not None

@@ -66,6 +66,8 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
     sent = time.perf_counter()
+    if ctx.upstream_sent is None:
+        ctx.upstream_sent = sent
     try:
         response = dispatch(session, prepared, pinned, _timeouts(timeout_ms, settings), timeout_ms)
     finally:

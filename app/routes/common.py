@@ -11,7 +11,6 @@ from urllib.parse import quote, unquote
 from flask import Response, current_app, g, request
 
 from app.errors import BadRequest, GatewayError
-from app.logs import access_logger
 from app.pipeline import Gateway
 from app.pipeline.answer import Answer, Relay
 from app.pipeline.context import RequestContext
@@ -34,24 +33,24 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
                          endpoint=endpoint, unified_format=unified_format)
     g.ctx = ctx
     assign_trace_id(ctx)
+    gateway().observer.started(ctx)
     check_path(ctx.path)
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     declared = None if chunked else (request.content_length or 0)
     stream = cast(BinaryIO, environ["wsgi.input"] if declared is None else request.stream)
-    gw = gateway()
-    outcome = gw.run(ctx, stream, declared)
+    outcome = gateway().run(ctx, stream, declared)
     assert outcome.answer is not None
-    return relayed(outcome.answer, ctx, outcome.on_complete, gw.settings.cache_max_entry_bytes)
+    return relayed(outcome.answer, ctx, outcome.on_complete)
 
 
-def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], None] | None = None,
-            keep_limit: int = 0) -> Response:
+def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], None] | None = None) -> Response:
     """Return the client response that streams the answer as it arrives (keeping a copy for the cache)."""
+    gw = gateway()
     ctx.upstream_status = answer.status
     headers = answer.headers
     status = f"{answer.status} {answer.reason}".strip()
-    body = Relay(answer, ctx, on_close=access_logger(ctx, answer.status), on_complete=on_complete,
-                 keep_limit=keep_limit)
+    body = Relay(answer, ctx, on_close=gw.observer.finished(ctx, answer.status), on_complete=on_complete,
+                 keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer))
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):
@@ -69,7 +68,7 @@ def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
     if ctx is None:
         return response
     ctx.error = err.message
-    response.call_on_close(access_logger(ctx, err.status))
+    response.call_on_close(gateway().observer.finished(ctx, err.status))
     return with_gateway_headers(response, ctx)
 
 

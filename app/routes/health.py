@@ -19,3 +19,17 @@ def index() -> Response:
 def healthz() -> Response:
     """Report that this worker is up."""
     return jsonify(status="ok", version=__version__)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Expose Prometheus metrics, summed over every worker; behind the admin key when one is set."""
+    from flask import current_app
+
+    from app.metrics import render_metrics
+    from app.routes.admin import require_admin_key
+
+    if current_app.extensions["portico"].settings.admin_key_sha256 is not None:
+        require_admin_key()
+    body, content_type = render_metrics()
+    return Response(body, content_type=content_type)

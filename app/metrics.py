@@ -1,0 +1,237 @@
+"""Prometheus metrics: per-call counters and histograms, aggregated over gunicorn workers (multiprocess mode).
+
+prometheus_client picks its value storage (in memory, or mmapped files shared by the workers) once, when it
+is first imported, from PROMETHEUS_MULTIPROC_DIR. So this module imports it lazily: gunicorn.conf.py may
+import it in the master to set the variable before any worker imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The pid of the master that made the temp dir: a master re-executed by the old one (gunicorn USR2)
+# inherits the variable, but that dir and its clean-up belong to the old master.
+_OWNER_ENV = "PORTICO_METRICS_DIR_OWNER"
+
+# From a cached answer (ms) to a long generation or stream; beyond 120 s lands in +Inf.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+# The gateway's own share is normally well under 5 ms, so it needs finer buckets than the call itself;
+# failed attempts and backoff waits before the answering one push it up to seconds.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ROUTES = frozenset({"proxy", "unified"})
+CACHE_STATUSES = frozenset({"HIT", "MISS", "REFRESH"})  # DISABLED is not a cache result
+TOKEN_KINDS = frozenset({"input", "output", "cache_read", "cache_write"})
+MAX_LABEL_CHARS = 64
+NONE = "none"
+
+_prepared: set[str] = set()
+_instance: GatewayMetrics | None = None
+_instance_lock = threading.Lock()
+
+
+def prepare_multiprocess_dir(environ: MutableMapping[str, str]) -> str:
+    """Make sure PROMETHEUS_MULTIPROC_DIR names a directory free of stale files; return it."""
+    path = environ.get(MULTIPROC_ENV, "")
+    if path in _prepared:
+        return path  # gunicorn re-reads its config on HUP: the live workers' files must stay
+    owner = environ.get(_OWNER_ENV)
+    if path and owner and owner != str(os.getpid()):
+        path = ""  # the old master's temp dir (USR2): take a fresh one rather than wipe its live files
+    if path:
+        os.makedirs(path, exist_ok=True)
+        # Files of a previous run would be summed into this run's counters.
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = tempfile.mkdtemp(prefix="portico-metrics-")
+        environ[MULTIPROC_ENV] = path
+        environ[_OWNER_ENV] = str(os.getpid())
+        atexit.register(_remove_dir, path, os.getpid())
+    _prepared.add(path)
+    return path
+
+
+def _remove_dir(path: str, owner_pid: int) -> None:
+    """Remove the temp dir at the master's exit, not at a forked worker's."""
+    if os.getpid() == owner_pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's in-flight gauge; its counters and histograms stay in the totals."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, path)
+
+
+def multiprocess_enabled() -> bool:
+    """Return whether metrics are shared between processes through PROMETHEUS_MULTIPROC_DIR."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def _label(value: str | None) -> str:
+    """Return a bounded label value: 'none' when absent, at most 64 characters."""
+    return value[:MAX_LABEL_CHARS] if value else NONE
+
+
+class GatewayMetrics:
+    """The gateway's metrics in one process; use `get_metrics()` for the process-wide instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+        if multiprocess_enabled() and not getattr(values.ValueClass, "_multiprocess", False):
+            # Values would stay in this process's memory and never reach /metrics: fail at boot, not silently.
+            raise RuntimeError(f"prometheus_client was imported before {MULTIPROC_ENV} was set; "
+                               "call app.metrics.prepare_multiprocess_dir from gunicorn.conf.py")
+        # A private registry: the global one would refuse a second instance (tests build several apps).
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        by_call = ("route", "provider")
+        self.requests = Counter("portico_requests", "Gateway calls answered, by route, provider and HTTP status.",
+                                ("route", "provider", "status"), registry=reg)
+        self.latency = Histogram("portico_request_duration_seconds",
+                                 "Whole call, from the request's arrival to the end of the response body.",
+                                 by_call, buckets=LATENCY_BUCKETS, registry=reg)
+        self.upstream = Histogram("portico_upstream_duration_seconds",
+                                  "Answering upstream attempt, from sending it to the end of its body.",
+                                  by_call, buckets=LATENCY_BUCKETS, registry=reg)
+        self.overhead = Histogram("portico_gateway_overhead_seconds",
+                                  "Call duration minus upstream duration: the gateway's share (and failed attempts).",
+                                  by_call, buckets=OVERHEAD_BUCKETS, registry=reg)
+        self.retries = Counter("portico_retries", "Upstream retries (attempts after the first).", by_call,
+                               registry=reg)
+        self.fallbacks = Counter("portico_fallbacks", "Calls answered by a target other than the first.",
+                                 by_call, registry=reg)
+        self.cache = Counter("portico_cache_results", "Response cache results, by status HIT, MISS or REFRESH.",
+                             ("route", "provider", "status"), registry=reg)
+        self.tokens = Counter("portico_tokens", "Tokens reported by the answers, by kind.",
+                              ("provider", "model", "kind"), registry=reg)
+        self.cost = Counter("portico_cost_usd", "Estimated cost of the answers in US dollars.",
+                            ("provider", "model"), registry=reg)
+        # livesum: the sum over live workers; a dead worker's share goes with mark_worker_dead.
+        self.in_flight = Gauge("portico_in_flight_requests", "Gateway calls being served now.",
+                               registry=reg, multiprocess_mode="livesum")
+        # Labelled children by raw label values: labels() validates and locks on every call, a dict hit does not.
+        self._call_children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._failed = False
+
+    def call_started(self) -> None:
+        """Count a call as in flight."""
+        self.in_flight.inc()
+
+    def call_finished(self, *, route: str, provider: str | None, status: int, latency_s: float,
+                      upstream_s: float | None = None, retries: int = 0, fell_back: bool = False,
+                      cache_status: str | None = None, model: str | None = None,
+                      tokens: Mapping[str, int] | None = None, cost_usd: float | None = None) -> None:
+        """Record a finished call (once per call_started); never raise into the request path."""
+        try:
+            self.in_flight.dec()
+            self._record(route, provider, status, latency_s, upstream_s, retries, fell_back, cache_status,
+                         model, tokens, cost_usd)
+        except Exception:  # metrics must not break a response; say so once, not per call
+            if not self._failed:
+                self._failed = True
+                log.exception("recording metrics failed (reported once per process)")
+
+    def _record(self, route: str, provider: str | None, status: int, latency_s: float, upstream_s: float | None,
+                retries: int, fell_back: bool, cache_status: str | None, model: str | None,
+                tokens: Mapping[str, int] | None, cost_usd: float | None) -> None:
+        key = (route, provider or NONE, status)
+        children = self._call_children.get(key)
+        if children is None:
+            children = self._call_children[key] = self._make_call_children(route, provider, status)
+        route_label, provider_label, requests, latency, upstream, overhead, retried, fallbacks = children
+        requests.inc()
+        # `x > 0.0 else 0.0` also turns NaN into 0: one NaN in a histogram's sum would stick forever.
+        latency_s = latency_s if latency_s > 0.0 else 0.0
+        latency.observe(latency_s)
+        if upstream_s is not None:
+            upstream_s = upstream_s if upstream_s > 0.0 else 0.0
+            upstream.observe(upstream_s)
+            spent = latency_s - upstream_s
+            overhead.observe(spent if spent > 0.0 else 0.0)
+        if retries > 0:
+            retried.inc(retries)
+        if fell_back:
+            fallbacks.inc()
+        if cache_status in CACHE_STATUSES:
+            self._child(self.cache, route_label, provider_label, cache_status).inc()
+        if tokens or (cost_usd is not None and cost_usd > 0.0):
+            model_label = _label(model)
+            if tokens:
+                for kind, count in tokens.items():
+                    if kind in TOKEN_KINDS and count > 0:
+                        self._child(self.tokens, provider_label, model_label, kind).inc(count)
+            if cost_usd is not None and cost_usd > 0.0:
+                self._child(self.cost, provider_label, model_label).inc(cost_usd)
+
+    def _make_call_children(self, route: str, provider: str | None, status: int) -> tuple[Any, ...]:
+        """Return the bounded (route, provider) labels and the per-call children for one route/provider/status."""
+        route_label = route if route in ROUTES else "other"
+        provider_label = _label(provider)
+        status_label = str(status) if 100 <= status <= 599 else "other"
+        by_call = (route_label, provider_label)
+        return (route_label, provider_label, self.requests.labels(route_label, provider_label, status_label),
+                self.latency.labels(*by_call), self.upstream.labels(*by_call), self.overhead.labels(*by_call),
+                self.retries.labels(*by_call), self.fallbacks.labels(*by_call))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """Return the metric's child for these bounded label values, cached."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the exposition text and its content type: all workers' when multiprocess, else this registry."""
+        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+        if multiprocess_enabled():
+            return render_metrics()
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def get_metrics() -> GatewayMetrics:
+    """Return this process's GatewayMetrics (one per process: two would overwrite each other's files)."""
+    global _instance
+    if _instance is None:
+        with _instance_lock:
+            if _instance is None:
+                _instance = GatewayMetrics()
+    return _instance
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """Return the exposition text (0.0.4 text format) and its content type for /metrics."""
+    from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return generate_latest(get_metrics().registry), CONTENT_TYPE_PLAIN_0_0_4
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    # A fresh registry per scrape: the collector reads every worker's files (live and dead) each time.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4

@@ -1,0 +1,102 @@
+"""What happens around every call: usage from the answer, its cost, the access line, the log record, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.logs import access_line, access_log, redact
+from app.logstore import LogRecord, LogStore
+from app.metrics import GatewayMetrics
+from app.pipeline.answer import Answer
+from app.pipeline.context import RequestContext
+from app.usage import Cost, PricingTable, Usage, UsageTap
+
+log = logging.getLogger(__name__)
+
+
+class CallObserver:
+    """Counts calls in and out, and records each one when its answer has been sent."""
+
+    def __init__(self, pricing: PricingTable, log_store: LogStore | None, metrics: GatewayMetrics | None) -> None:
+        self.pricing = pricing
+        self.log_store = log_store
+        self.metrics = metrics
+
+    def started(self, ctx: RequestContext) -> None:
+        """Count the call in flight."""
+        if self.metrics is not None:
+            self.metrics.call_started()
+
+    def tap(self, ctx: RequestContext, answer: Answer) -> Callable[[bytes], None]:
+        """Return the usage tap that reads a copy of the answer's chunks as they are relayed."""
+        request = ctx.body_json()
+        model = request.get("model") if isinstance(request, dict) else None
+        tap = UsageTap(answer.header("content-type"), answer.header("content-encoding"),
+                       model if isinstance(model, str) else None)
+        ctx.usage = tap
+        return tap.feed
+
+    def finished(self, ctx: RequestContext, status: int) -> Callable[[], None]:
+        """Return the callback that records the call once its body is done (or the client left)."""
+        def record() -> None:
+            try:
+                self._record(ctx, status)
+            except Exception:  # noqa: BLE001 - recording must never break the answer already sent
+                log.exception("trace_id=%s could not record the call", ctx.trace_id)
+        return record
+
+    def _record(self, ctx: RequestContext, status: int) -> None:
+        now = time.perf_counter()
+        usage: Usage = ctx.usage.result() if isinstance(ctx.usage, UsageTap) else Usage()
+        cost = self.pricing.cost(ctx.provider_slug or "", usage) if not usage.is_empty() else Cost(None, None, False)
+        if cost.unknown_model:
+            log.info("trace_id=%s no price for %s/%s: cost left empty", ctx.trace_id, ctx.provider_slug, usage.model)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(access_line(ctx, status, usage_fields(usage, cost)))
+        if self.log_store is not None:
+            self.log_store.record(log_record(ctx, status, usage, cost, now))
+        if self.metrics is not None:
+            upstream_s = now - ctx.upstream_sent if ctx.upstream_sent is not None else None
+            self.metrics.call_finished(
+                route=ctx.route, provider=ctx.provider_slug, status=status, latency_s=now - ctx.started,
+                upstream_s=upstream_s, retries=max(ctx.retry_count, 0), fell_back=ctx.fell_back,
+                cache_status=ctx.cache_status, model=usage.model, tokens=token_counts(usage), cost_usd=cost.usd)
+
+
+def token_counts(usage: Usage) -> dict[str, int]:
+    """Return the token counts the answer reported, by kind."""
+    kinds = {"input": usage.input_tokens, "output": usage.output_tokens,
+             "cache_read": usage.cache_read_tokens, "cache_write": usage.cache_write_tokens}
+    return {kind: count for kind, count in kinds.items() if count}
+
+
+def usage_fields(usage: Usage, cost: Cost) -> dict[str, Any]:
+    """Return the usage and cost fields of the access line (only those the answer reported)."""
+    fields: dict[str, Any] = {}
+    if usage.model:
+        fields["model"] = usage.model
+    fields.update({f"{kind}_tokens": count for kind, count in token_counts(usage).items()})
+    if usage.search_units:
+        fields["search_units"] = usage.search_units
+    if cost.usd is not None:
+        fields["cost_usd"] = cost.usd
+    if cost.unknown_model:
+        fields["unknown_price"] = True
+    return fields
+
+
+def log_record(ctx: RequestContext, status: int, usage: Usage, cost: Cost, now: float) -> LogRecord:
+    """Return the request-log record of a call: facts only, never bodies or secrets."""
+    return LogRecord(
+        trace_id=ctx.trace_id, ts=time.time(), key_name=ctx.key_name, provider=ctx.provider_slug,
+        target_path=ctx.option_index, method=ctx.method, route=ctx.route, path=ctx.path, status=status,
+        upstream_status=ctx.upstream_status, latency_ms=round((now - ctx.started) * 1000, 3),
+        upstream_ms=round(ctx.upstream_ms, 3) if ctx.upstream_ms is not None else None, retries=ctx.retry_count,
+        cache_status=ctx.cache_status, model=usage.model, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens, search_units=usage.search_units, cost_usd=cost.usd,
+        unknown_price=cost.unknown_model, metadata=ctx.metadata if isinstance(ctx.metadata, dict) else {},
+        error=redact(ctx.error) if ctx.error else None)
