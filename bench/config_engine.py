@@ -32,6 +32,7 @@ class Variant:
     headers: dict[str, str]
     on_server_cores: bool = True
     path: str = PATH
+    body: str = RERANK_BODY
     status: int = 200
     option_index: str | None = None  # the x-portkey-last-used-option-index a sample answer must carry
     seconds: float | None = None  # measured seconds per round, when not the plan's
@@ -39,7 +40,7 @@ class Variant:
     def load_target(self, workdir: Path) -> LoadTarget:
         """Write this variant's wrk script and return it as a wrk target."""
         slug = "".join(c if c.isalnum() else "-" for c in self.name)
-        script = write_script(workdir / f"config-{slug}.lua", self.headers)
+        script = write_script(workdir / f"config-{slug}.lua", self.headers, self.body)
         return LoadTarget(f"http://{LOOPBACK}:{self.port}", script, self.pid, self.on_server_cores, self.path)
 
 
@@ -72,7 +73,7 @@ def sample(variant: Variant) -> str | None:
     """Make one call with http.client; return what is wrong with its answer, or None."""
     conn = http.client.HTTPConnection(LOOPBACK, variant.port, timeout=10)
     try:
-        conn.request("POST", variant.path, RERANK_BODY, {"Content-Type": "application/json", **variant.headers})
+        conn.request("POST", variant.path, variant.body, {"Content-Type": "application/json", **variant.headers})
         response = conn.getresponse()
         body = response.read()
     except OSError as err:
@@ -95,11 +96,12 @@ def checked(report: Report, variants: list[Variant]) -> bool:
     return not problems
 
 
-def alternate(plan: Plan, workdir: Path, variants: list[Variant], connections: int) -> dict[str, Tally]:
+def alternate(plan: Plan, workdir: Path, variants: list[Variant], connections: int,
+              rounds: int | None = None) -> dict[str, Tally]:
     """Measure the variants in alternating rounds (each warmed up before its first); return their tallies."""
     targets = {variant.name: variant.load_target(workdir) for variant in variants}
     tallies = {variant.name: Tally() for variant in variants}
-    for index in range(plan.config_rounds):
+    for index in range(rounds or plan.config_rounds):
         for variant in variants:
             result, wall, cpu, others = measured_round(targets[variant.name], connections, plan,
                                                        variant.seconds or plan.config_seconds, warmup=index == 0)

@@ -39,7 +39,7 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
     raise SystemExit(f"{what} did not come up at {url}")
 
 
-def gateway_file(fake_url: str) -> str:
+def gateway_file(fake_url: str, workdir: str) -> str:
     """Return the demo's gateway file: one key, the fake provider as a catalog entry."""
     from app.settings import hash_key
     return f"""
@@ -54,6 +54,9 @@ allow = ["127.0.0.1"]
 provider = "cohere"
 api_key = "demo-cohere-secret"
 custom_host = "{fake_url}/v1"
+
+[logs]
+path = "{workdir}/logs.sqlite"
 
 [catalog.openai-demo]
 provider = "openai"
@@ -107,7 +110,7 @@ def main() -> int:
     fake_url, gateway_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{gw_port}"
     workdir = tempfile.TemporaryDirectory(prefix="portico-demo-")
     config = Path(workdir.name) / "gateway.toml"
-    config.write_text(gateway_file(fake_url))
+    config.write_text(gateway_file(fake_url, workdir.name))
     env = {**os.environ, "GATEWAY_CONFIG": str(config), "GATEWAY_BIND": f"127.0.0.1:{gw_port}",
            "GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "8"}
     procs: list[subprocess.Popen[bytes]] = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.txt"
-SECTIONS = ("throughput", "config", "streaming", "rss")  # in the order they run
+SECTIONS = ("throughput", "config", "cache", "streaming", "rss")  # in the order they run
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Plan:
     sections: tuple[str, ...] = SECTIONS
     config_rounds: int = 3  # config engine section: alternating rounds per variant
     config_seconds: float = 3.0  # config engine section: measured seconds per variant and round
+    cache_rounds: int = 4  # cache and guardrails section: alternating rounds per variant
+    cache_seconds: float = 3.0  # cache and guardrails section: measured seconds per variant and round
 
     def runs(self, section: str) -> bool:
         """Return whether this run includes the section."""
@@ -91,7 +93,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 rss_steps=(10_000, 20_000) if args.quick else (50_000, 100_000), rss_connections=16,
                 workers=args.workers, threads=args.threads, server_cpus=server_cpus, load_cpus=load_cpus,
                 sections=tuple(name for name in SECTIONS if name in (args.only or SECTIONS)),
-                config_rounds=2 if args.quick else 3, config_seconds=1.0 if args.quick else 3.0)
+                config_rounds=2 if args.quick else 3, config_seconds=1.0 if args.quick else 3.0,
+                cache_rounds=2 if args.quick else 4, cache_seconds=1.0 if args.quick else 3.0)
 
 
 def split_cpus() -> tuple[str | None, str | None]:

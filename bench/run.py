@@ -1,8 +1,9 @@
-"""Portico's load benchmark: direct vs Flask floor vs Portico, config engine, streamed TTFB, worker RSS.
+"""Portico's load benchmark: direct vs Flask floor vs Portico, config engine, cache and guardrails, TTFB, RSS.
 
-    .venv/bin/python -m bench.run                 # the full run, about 5 minutes
-    .venv/bin/python -m bench.run --quick         # a short smoke run, about a minute and a half
-    .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, streaming, rss
+    .venv/bin/python -m bench.run                 # the full run, about 6 minutes
+    .venv/bin/python -m bench.run --quick         # a short smoke run, about two minutes
+    .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, cache,
+                                                  # streaming, rss
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import sections
+from bench.cache_guardrails import cache_guardrails
 from bench.config_engine import config_engine
 from bench.loadgen import RERANK_BODY, write_script
 from bench.plan import SECTIONS, Plan, make_plan, parse_args
@@ -43,7 +45,7 @@ def describe(report: Report, plan: Plan, upstream: Upstream) -> None:
                "keep-alive 75 s")
     if plan.server_cpus:
         report.say(f"pinning: gunicorn on CPU {plan.server_cpus}; wrk and nginx on CPU {plan.load_cpus} "
-                   "(throughput, config engine and RSS; the one-at-a-time streamed calls run unpinned)")
+                   "(throughput, config engine, cache and RSS; the one-at-a-time streamed calls run unpinned)")
     else:
         report.say("pinning: none (everything shares every core)")
     rounds = f"{plan.rounds} x {plan.round_seconds:.0f} s" if plan.rounds > 1 else f"{plan.duration:.0f} s"
@@ -81,7 +83,7 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
     upstream = start_upstream(procs, plan, workdir)
     describe(report, plan, upstream)
     verdicts: list[bool] = []
-    if plan.runs("throughput") or plan.runs("config"):
+    if plan.runs("throughput") or plan.runs("config") or plan.runs("cache"):
         verdicts += pinned_load(report, plan, procs, workdir, upstream)
     if plan.runs("streaming"):
         report.note("streaming")
@@ -93,7 +95,7 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
 
 
 def pinned_load(report: Report, plan: Plan, procs: Procs, workdir: Path, upstream: Upstream) -> list[bool]:
-    """Start Portico pinned (and the floor, for throughput); run throughput, then the config engine, on them."""
+    """Start Portico pinned (and the floor, for throughput); run throughput, config engine, cache on them."""
     report.note("starting Portico" + (" and the floor" if plan.runs("throughput") else ""))
     portico = start_portico(procs, workdir, plan.workers, plan.threads, plan.server_cpus)
     verdicts: list[bool] = []
@@ -102,6 +104,9 @@ def pinned_load(report: Report, plan: Plan, procs: Procs, workdir: Path, upstrea
     if plan.runs("config"):
         report.note("config engine")
         verdicts += config_engine(report, plan, workdir, portico, upstream)
+    if plan.runs("cache"):
+        report.note("cache and guardrails")
+        verdicts += cache_guardrails(report, plan, workdir, portico, upstream)
     procs.stop(portico.proc)
     return verdicts
 

@@ -36,6 +36,7 @@ class Tally:
     wall: float = 0.0
     p50s: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
+    round_rps: list[float] = field(default_factory=list)
     bad: int = 0
     cpu_s: float = 0.0
     others_s: float | None = None
@@ -47,6 +48,7 @@ class Tally:
         self.wall += wall
         self.p50s.append(result.p50_ms)
         self.p99s.append(result.p99_ms)
+        self.round_rps.append(result.rps)
         self.bad += result.errors + result.bad_status
         self.cpu_s += cpu_s
         if others_s is not None:

@@ -1,14 +1,15 @@
-"""Upstreams on loopback: nginx answering a fixed rerank body (fast), or the Python fake provider."""
+"""Upstreams on loopback: nginx answering fixed rerank and chat bodies (fast), or the Python fake provider."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import LOOPBACK, Proc, Procs, ensure_tool, free_port, pinned, wait_http
+from bench.procs import LOOPBACK, BenchError, Proc, Procs, ensure_tool, free_port, pinned, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 RERANK_ANSWER = {
@@ -18,6 +19,14 @@ RERANK_ANSWER = {
 }
 FAIL_PATH = "/fail/v1/rerank"  # answers 503 at once: the failing first target of the fallback runs
 FAIL_ANSWER = {"error": {"message": "bench: overloaded", "type": "server_error", "code": 503}}
+CHAT_PATH = "/v1/chat/completions"  # a fixed small chat.completion: the guardrail runs (unified route)
+CHAT_ANSWER = {
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sunny and mild in Paris today, 21 C."},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 14, "completion_tokens": 11, "total_tokens": 25},
+}
+STATUS_PATH = "/bench/nginx-status"  # nginx's stub_status: how many requests it has served
 
 
 @dataclass
@@ -28,6 +37,7 @@ class Upstream:
     port: int
     proc: Proc
     serves_fail: bool = False  # answers 503 on FAIL_PATH (nginx only)
+    serves_chat: bool = False  # answers CHAT_ANSWER on CHAT_PATH (nginx only)
 
     @property
     def url(self) -> str:
@@ -36,9 +46,9 @@ class Upstream:
 
 
 def nginx_conf(workdir: Path, port: int) -> str:
-    """Return an nginx config on loopback only: fixed JSON for /v1/rerank (200) and for FAIL_PATH (503)."""
-    body, fail = (json.dumps(answer, separators=(",", ":")).replace("'", "\\'")
-                  for answer in (RERANK_ANSWER, FAIL_ANSWER))
+    """Return an nginx config on loopback only: fixed JSON for /v1/rerank and CHAT_PATH (200), FAIL_PATH (503)."""
+    body, fail, chat = (json.dumps(answer, separators=(",", ":")).replace("'", "\\'")
+                        for answer in (RERANK_ANSWER, FAIL_ANSWER, CHAT_ANSWER))
     temp = {name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     return f"""worker_processes 1;
 pid {workdir / "nginx.pid"};
@@ -58,10 +68,26 @@ http {{
         default_type application/json;
         location = /v1/rerank {{ return 200 '{body}'; }}
         location = {FAIL_PATH} {{ return 503 '{fail}'; }}
+        location = {CHAT_PATH} {{ return 200 '{chat}'; }}
+        location = {STATUS_PATH} {{ stub_status; }}
         location / {{ return 200 '{{"ok":true}}'; }}
     }}
 }}
 """
+
+
+def requests_served(upstream: Upstream) -> int:
+    """Return how many requests nginx has served so far, this one included (from stub_status)."""
+    conn = http.client.HTTPConnection(LOOPBACK, upstream.port, timeout=5)
+    try:
+        conn.request("GET", STATUS_PATH)
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    lines = text.splitlines()  # "Active connections: 1", "server accepts handled requests", " 3 3 7", ...
+    if len(lines) < 3 or len(lines[2].split()) != 3:
+        raise BenchError(f"unexpected nginx stub_status answer: {text[:200]!r}")
+    return int(lines[2].split()[2])
 
 
 def nginx_version(binary: str) -> str:
@@ -81,8 +107,9 @@ def start_nginx(procs: Procs, workdir: Path, cpus: str | None) -> Upstream | Non
     cmd = [binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
     proc = procs.start("nginx", pinned(cmd, cpus), stderr=workdir / "nginx.stderr")
     wait_http(proc, port)
-    label = f"{nginx_version(binary)} (fixed JSON: 200 for /v1/rerank, 503 for {FAIL_PATH}; 1 worker)"
-    return Upstream(label, port, proc, serves_fail=True)
+    label = (f"{nginx_version(binary)} (fixed JSON: 200 for /v1/rerank and {CHAT_PATH}, 503 for {FAIL_PATH}; "
+             "1 worker)")
+    return Upstream(label, port, proc, serves_fail=True, serves_chat=True)
 
 
 def start_fake(procs: Procs, workdir: Path, cpus: str | None, name: str = "fake-provider") -> Upstream:
