@@ -29,11 +29,27 @@ class LeafHooks:
     after: list[dict[str, Any]]
 
 
+_EXPANDED: dict[int, tuple[Target, LeafHooks | None]] = {}
+_EXPANDED_MAX = 1024
+
+
 def leaf_hooks(leaf: Target) -> LeafHooks | None:
     """Return the leaf's hooks (with guardrail shorthand expanded), or None when it has none."""
+    if not (leaf.before_request_hooks or leaf.after_request_hooks or leaf.input_guardrails
+            or leaf.output_guardrails):
+        return None
+    # Configs are memoised by their text, so the same frozen leaf comes back call after call:
+    # expand its shorthand once. The entry keeps the leaf alive, so its id cannot be reused.
+    known = _EXPANDED.get(id(leaf))
+    if known is not None and known[0] is leaf:
+        return known[1]
     before, after = expand_hooks(leaf.before_request_hooks, leaf.after_request_hooks,
                                  leaf.input_guardrails, leaf.output_guardrails)
-    return LeafHooks(before, after) if before or after else None
+    hooks = LeafHooks(before, after) if before or after else None
+    if len(_EXPANDED) >= _EXPANDED_MAX:
+        _EXPANDED.clear()
+    _EXPANDED[id(leaf)] = (leaf, hooks)
+    return hooks
 
 
 def run_before(ctx: RequestContext, hooks: LeafHooks, body: Body | None, provider: str,
@@ -62,6 +78,8 @@ def run_after(ctx: RequestContext, hooks: LeafHooks, answer: Answer, before_fail
         if hooks.after:
             ctx.hook_results["after_request_hooks"] = skipped_results(hooks.after)
         return _flagged(answer, before_failed)
+    if not hooks.after:
+        return _with_results(ctx, answer, before_failed)
     response_json = _json_object(answer.decoded_body())
     after_failed = False
     if hooks.after and answer.status == 200 and ctx.endpoint in AFTER_ENDPOINTS and response_json is not None:
@@ -79,6 +97,19 @@ def run_after(ctx: RequestContext, hooks: LeafHooks, answer: Answer, before_fail
     status = 246 if answer.status == 200 and (before_failed or after_failed) else answer.status
     body = {**response_json, "hook_results": ctx.hook_results}
     return answer.with_body(status, json.dumps(body, separators=(",", ":")).encode())
+
+
+def _with_results(ctx: RequestContext, answer: Answer, failed: bool) -> Answer:
+    """Add hook_results to a JSON object answer by splicing text: no parse and re-serialise of the body."""
+    if answer.header("content-encoding") not in (None, "identity"):
+        return _flagged(answer, failed)
+    body = answer.first_chunk.strip()
+    if not body.startswith(b"{") or not body.endswith(b"}"):
+        return _flagged(answer, failed)
+    results = json.dumps(ctx.hook_results, separators=(",", ":")).encode()
+    joiner = b"," if body[1:-1].strip() else b""
+    status = 246 if failed and answer.status == 200 else answer.status
+    return answer.with_body(status, body[:-1] + joiner + b'"hook_results":' + results + b"}")
 
 
 def denied_answer(ctx: RequestContext) -> Answer:
