@@ -24,6 +24,7 @@ class CallObserver:
         self.pricing = pricing
         self.log_store = log_store
         self.metrics = metrics
+        self._unpriced: set[str] = set()
 
     def started(self, ctx: RequestContext) -> None:
         """Count the call in flight."""
@@ -48,12 +49,19 @@ class CallObserver:
                 log.exception("trace_id=%s could not record the call", ctx.trace_id)
         return record
 
+    def _flag_unpriced(self, provider: str | None, model: str | None) -> None:
+        """Warn once per process and model: every call is flagged in its access line and log record anyway."""
+        name = f"{provider}/{model}"
+        if name not in self._unpriced and len(self._unpriced) < 1000:
+            self._unpriced.add(name)
+            log.warning("no price for %s: its cost is left empty; add [pricing.%r] to the gateway file", name, name)
+
     def _record(self, ctx: RequestContext, status: int) -> None:
         now = time.perf_counter()
         usage: Usage = ctx.usage.result() if isinstance(ctx.usage, UsageTap) else Usage()
         cost = self.pricing.cost(ctx.provider_slug or "", usage) if not usage.is_empty() else Cost(None, None, False)
         if cost.unknown_model:
-            log.info("trace_id=%s no price for %s/%s: cost left empty", ctx.trace_id, ctx.provider_slug, usage.model)
+            self._flag_unpriced(ctx.provider_slug, usage.model)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(access_line(ctx, status, usage_fields(usage, cost)))
         if self.log_store is not None:
