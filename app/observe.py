@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.logs import access_line, access_log, redact
 from app.logstore import LogRecord, LogStore
 from app.metrics import GatewayMetrics
-from app.pipeline.answer import Answer
-from app.pipeline.context import RequestContext
 from app.usage import Cost, PricingTable, Usage, UsageTap
+
+if TYPE_CHECKING:  # the pipeline builds the observer; importing it here at run time would be circular
+    from app.pipeline.answer import Answer
+    from app.pipeline.context import RequestContext
 
 log = logging.getLogger(__name__)
 
