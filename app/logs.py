@@ -6,13 +6,14 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the pipeline imports this module; a runtime import would be circular
     from app.pipeline.context import RequestContext
 
-access_log = logging.getLogger("portico.access")
+_access_lock = threading.Lock()
 _SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&]*")
 _BEARER = re.compile(r"(?i)(bearer\s+|sk-[a-z]*-?)[A-Za-z0-9._~+/=-]{4,}")
 
@@ -27,18 +28,13 @@ def setup_logging(level: str) -> None:
     app_log = logging.getLogger("app")
     app_log.setLevel(level.upper())
     # gunicorn's logging set-up disables loggers that existed before it (ours, via gunicorn.conf.py).
-    app_log.disabled = access_log.disabled = False
+    app_log.disabled = False
     if getattr(app_log, "_portico_configured", False):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
     app_log.addHandler(handler)
     app_log.propagate = False
-    access_handler = logging.StreamHandler(sys.stdout)
-    access_handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(access_handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
     logging.getLogger("gunicorn.error").addFilter(StreamAbortFilter())
     app_log._portico_configured = True  # type: ignore[attr-defined]
 
@@ -53,6 +49,14 @@ class StreamAbortFilter(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def write_access_line(line: str) -> None:
+    """Write one JSON access line to stdout, whole (the lock keeps threads' lines apart), flushed for shippers."""
+    stream = sys.stdout
+    with _access_lock:
+        stream.write(line + "\n")
+        stream.flush()
 
 
 def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None = None) -> str:

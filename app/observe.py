@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from app.logs import access_line, access_log, redact
+from app.logs import access_line, redact, write_access_line
 from app.logstore import LogRecord, LogStore
 from app.metrics import GatewayMetrics
 from app.usage import Cost, PricingTable, Usage, UsageTap
@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 class CallObserver:
     """Counts calls in and out, and records each one when its answer has been sent."""
 
-    def __init__(self, pricing: PricingTable, log_store: LogStore | None, metrics: GatewayMetrics | None) -> None:
+    def __init__(self, pricing: PricingTable, log_store: LogStore | None, metrics: GatewayMetrics | None,
+                 access_lines: bool = True) -> None:
         self.pricing = pricing
+        self.access_lines = access_lines
         self.log_store = log_store
         self.metrics = metrics
         self._unpriced: set[str] = set()
@@ -64,8 +66,8 @@ class CallObserver:
         cost = self.pricing.cost(ctx.provider_slug or "", usage) if not usage.is_empty() else Cost(None, None, False)
         if cost.unknown_model:
             self._flag_unpriced(ctx.provider_slug, usage.model)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(access_line(ctx, status, usage_fields(usage, cost)))
+        if self.access_lines:
+            write_access_line(access_line(ctx, status, usage_fields(usage, cost)))
         if self.log_store is not None:
             self.log_store.record(log_record(ctx, status, usage, cost, now))
         if self.metrics is not None:
