@@ -78,6 +78,7 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     access_log: bool = True
+    metrics_enabled: bool = True
     logs_path: str | None = None
     logs_retention_days: int = 30
     admin_key_sha256: str | None = field(default=None, repr=False)
@@ -144,6 +145,7 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         read_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "read_timeout_ms", 600_000) / 1000,
         access_log=reader.bool_in(data.get("logs", {}), "logs", "access_log", True),
         logs_path=reader.logs_path(data.get("logs", {})),
+        metrics_enabled=reader.bool_in(data.get("metrics", {}), "metrics", "enabled", True),
         logs_retention_days=reader.int_in(data.get("logs", {}), "logs", "retention_days", 30),
         admin_key_sha256=reader.admin_key(data.get("admin", {})),
         pricing=reader.pricing(data.get("pricing", {})),

@@ -31,7 +31,8 @@ class Gateway:
         self.cache = cache
         pricing = PricingTable.default().merged(PricingTable.parse_overrides(settings.pricing))
         self.log_store = LogStore(settings.logs_path, settings.logs_retention_days) if settings.logs_path else None
-        self.observer = CallObserver(pricing, self.log_store, get_metrics(), settings.access_log)
+        metrics = get_metrics() if settings.metrics_enabled else None
+        self.observer = CallObserver(pricing, self.log_store, metrics, settings.access_log)
         self.extras = LeafExtras(cache=self.cache, cache_key=self.cache_key,
                                  hooks_http=upstream.HookHTTP(self.sessions.get, self.policy))
 

@@ -29,7 +29,10 @@ def metrics() -> Response:
     from app.metrics import render_metrics
     from app.routes.admin import require_admin_key
 
-    if current_app.extensions["portico"].settings.admin_key_sha256 is not None:
+    settings = current_app.extensions["portico"].settings
+    if not settings.metrics_enabled:
+        return Response("metrics are off ([metrics] enabled = false)\n", status=404, mimetype="text/plain")
+    if settings.admin_key_sha256 is not None:
         require_admin_key()
     body, content_type = render_metrics()
     return Response(body, content_type=content_type)

@@ -126,3 +126,10 @@ def test_create_key_prints_a_key_and_its_hash(tmp_path: Path) -> None:
     settings = load_settings({}, write(tmp_path, toml))
     assert settings.keys[0].name == 'team "x"'
     assert settings.keys[0].sha256 == hash_key(key)
+
+
+def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
+    settings = load_settings({}, write(tmp_path, "[metrics]\nenabled = false\n[logs]\npath = \"\"\n"))
+    assert settings.metrics_enabled is False and settings.logs_path is None
+    client = create_app(settings).test_client()
+    assert client.get("/metrics").status_code == 404
