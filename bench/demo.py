@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +13,10 @@ from pathlib import Path
 
 import requests
 
+from bench.procs import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_KEY = "pk-demo-key"
-
-
-def free_port() -> int:
-    """Return a TCP port free on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_up(url: str, proc: subprocess.Popen[bytes], what: str) -> None:

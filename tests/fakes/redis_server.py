@@ -17,6 +17,8 @@ import time
 from types import TracebackType
 from typing import Self
 
+from tests.fakes.net import free_port
+
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 _POLL_S = 0.01
@@ -28,13 +30,6 @@ def find_redis_server() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise RuntimeError("redis-server not found: install redis-server (apt-get install redis-server)")
-
-
-def _free_port() -> int:
-    """Return a loopback port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers_ping(port: int) -> bool:
@@ -53,7 +48,7 @@ class RedisServer:
     def __init__(self, port: int | None = None) -> None:
         """Prepare a server on port (a free one by default); start() or `with` runs it."""
         self.binary = find_redis_server()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="portico-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 

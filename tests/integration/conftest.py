@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,17 +16,11 @@ import requests
 
 from app.settings import hash_key
 from tests.conftest import GATEWAY_KEY
+from tests.fakes.net import free_port
 from tests.fakes.provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "admin-test-key-0123"
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Gateway:

@@ -12,6 +12,7 @@ import redis
 
 from app.cache import CachedAnswer, RedisCache
 from app.cache.redis_backend import decode_answer, encode_answer, redact_url
+from tests.fakes.net import free_port
 from tests.fakes.redis_server import RedisServer
 
 PREFIX = "portico:cache:"
@@ -62,12 +63,6 @@ def cache_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFix
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.levelno == logging.WARNING]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_round_trip_keeps_binary_body_status_and_headers(server: RedisServer, raw: redis.Redis) -> None:
