@@ -16,9 +16,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)  ## start the gateway on GATEWAY_BIND (default 127.0.0.1:8787)
 	$(BIN)/gunicorn -c gunicorn.conf.py
 
-system-deps:  ## what the tests need from Debian: a real redis-server (started per test run, on loopback)
+system-deps:  ## what the tests need from Debian: redis-server (started per test run, on loopback), headless chromium
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
 		(echo "the tests need redis-server: apt-get install redis-server" && exit 1)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		(echo "the tests need chromium (headless, for the dashboard test): apt-get install chromium" && exit 1)
 
 test: $(STAMP) system-deps  ## run the whole suite (unit + integration through gunicorn)
 	$(BIN)/python -m pytest -q

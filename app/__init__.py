@@ -19,7 +19,7 @@ def create_app(settings: Any = None) -> Flask:
     from app import cli
     from app.logs import setup_logging
     from app.pipeline import Gateway
-    from app.routes import admin, health, proxy, unified
+    from app.routes import admin, dashboard, health, proxy, unified
     from app.settings import load_settings
 
     settings = settings or load_settings()
@@ -30,6 +30,7 @@ def create_app(settings: Any = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(unified.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(proxy.bp)  # last: the catch-all must never shadow a unified route
     cli.register(app)
     _register_error_handlers(app)

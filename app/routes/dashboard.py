@@ -31,12 +31,13 @@ class Range:
     label: str
     span_s: int
     step_s: int
+    step_label: str
 
 
 RANGES: dict[str, Range] = {r.name: r for r in (
-    Range("1h", "1 h", 3600, 60),            # 60 one-minute buckets
-    Range("24h", "24 h", 24 * 3600, 900),    # 96 quarter-hours
-    Range("7d", "7 d", 7 * 24 * 3600, 7200),  # 84 two-hour buckets
+    Range("1h", "1 h", 3600, 60, "1 min"),             # 60 buckets
+    Range("24h", "24 h", 24 * 3600, 900, "15 min"),    # 96 buckets
+    Range("7d", "7 d", 7 * 24 * 3600, 7200, "2 h"),    # 84 buckets
 )}
 DEFAULT_RANGE = "24h"
 LATEST_ROWS = 50
@@ -87,7 +88,7 @@ def _collect(store: Any, chosen: Range, now: float) -> dict[str, Any]:
     since = end - count * step
     xs = [since + i * step for i in range(count)]
     summary = store.analytics(since=since, until=end, group_by="provider")  # busiest provider first
-    providers = [_label(group["group"]) for group in summary]
+    providers = list(dict.fromkeys(_label(group["group"]) for group in summary))
     # One grouped pass finds the buckets that hold anything; only those are broken down by provider.
     busy = {int(g["group"]) for g in store.analytics(since=since, until=end, group_by=f"time:{step}")}
     metrics = ("requests", "error_rate", "p50_ms", "p95_ms", "tokens", "cost_usd")
@@ -200,4 +201,6 @@ def _money(value: float | None) -> str:
         return "$0"
     if abs(value) >= 1:
         return f"${value:,.2f}"
-    return f"${value:.4f}" if abs(value) >= 0.01 else f"${value:.6f}"
+    if abs(value) >= 0.01:
+        return f"${value:.4f}"
+    return f"${value:.6f}" if abs(value) >= 0.000001 else "<$0.000001"

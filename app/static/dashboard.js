@@ -62,13 +62,32 @@
   var formats = {
     count: compact,
     percent: function (v) { return v == null ? "—" : +v.toFixed(1) + " %"; },
-    ms: function (v) { return v == null ? "—" : (v >= 100 ? Math.round(v) : +v.toFixed(1)) + " ms"; },
+    ms: function (v) {
+      if (v == null) { return "—"; }
+      if (v >= 1000) { return +(v / 1000).toFixed(2) + " s"; }
+      return (v >= 100 ? Math.round(v) : +v.toFixed(1)) + " ms";
+    },
     usd: function (v) {
       if (v == null) { return "—"; }
       if (v === 0) { return "$0"; }
-      return "$" + (Math.abs(v) >= 1 ? v.toFixed(2) : Math.abs(v) >= 0.01 ? v.toFixed(4) : v.toPrecision(2));
+      return "$" + (Math.abs(v) >= 1 ? v.toFixed(2) : String(+v.toPrecision(3)));
     }
   };
+
+  // Where uPlot draws no dots (dense data), still mark values with no neighbour: a line cannot show them.
+  function isolated(u, seriesIdx, show) {
+    if (show) {
+      return null;
+    }
+    var ys = u.data[seriesIdx];
+    var idxs = [];
+    for (var i = 0; i < ys.length; i++) {
+      if (ys[i] != null && (i === 0 || ys[i - 1] == null) && (i === ys.length - 1 || ys[i + 1] == null)) {
+        idxs.push(i);
+      }
+    }
+    return idxs;
+  }
 
   function zeroBased(u, min, max) {
     if (max == null || max <= 0) {
@@ -85,7 +104,9 @@
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
       cursor: { points: { size: 6 }, drag: { x: false, y: false } },
       legend: { show: true, live: true },
-      scales: { x: { time: true }, y: { range: zeroBased } },
+      // x runs to the end of the last (current) bucket, so its dots are not cut at the edge.
+      scales: { x: { time: true, range: function (u, min, max) { return [data.x[0], data.x[data.x.length - 1] + data.step]; } },
+                y: { range: zeroBased } },
       axes: [
         { stroke: muted, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } },
         {
@@ -103,7 +124,7 @@
         };
         if (l.dash) { s.dash = l.dash; }
         if (l.fill) { s.fill = tint(l.colour, 0.08); }
-        if (l.points) { s.points = { show: true, size: 5, fill: l.colour, stroke: l.colour }; }
+        if (l.points) { s.points = { size: 5, fill: l.colour, stroke: l.colour, filter: isolated }; }
         return s;
       }))
     };
@@ -129,12 +150,12 @@
   }
 
   draw("chart-requests", "count", perProvider("requests", { fill: true }));
-  draw("chart-errors", "percent", perProvider("error_rate", { points: true, spanGaps: true }));
+  draw("chart-errors", "percent", perProvider("error_rate", { points: true }));
   var latency = { series: [], lines: [] };
   data.providers.forEach(function (p, i) {
     latency.series.push(data.series.p95_ms[p], data.series.p50_ms[p]);
-    latency.lines.push({ label: p + " p95", colour: colour(i), points: true, spanGaps: true },
-                       { label: p + " p50", colour: colour(i), points: true, spanGaps: true, dash: [5, 4] });
+    latency.lines.push({ label: p + " p95", colour: colour(i), points: true },
+                       { label: p + " p50", colour: colour(i), points: true, dash: [5, 4] });
   });
   draw("chart-latency", "ms", latency);
   draw("chart-tokens", "count", perProvider("tokens", { fill: true }));
