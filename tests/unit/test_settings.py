@@ -117,7 +117,7 @@ def test_bad_environment_values() -> None:
 
 
 def test_create_key_prints_a_key_and_its_hash(tmp_path: Path) -> None:
-    runner = create_app(load_settings({})).test_cli_runner()
+    runner = create_app(load_settings({}, write(tmp_path, "[logs]\npath = \"\"\n"))).test_cli_runner()
     result = runner.invoke(args=["create-key", 'team "x"'])
     assert result.exit_code == 0
     lines = result.output.splitlines()
