@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.txt"
-SECTIONS = ("throughput", "config", "cache", "streaming", "rss")  # in the order they run
+SECTIONS = ("throughput", "config", "cache", "observability", "streaming", "rss")  # in the order they run
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class Plan:
     config_seconds: float = 3.0  # config engine section: measured seconds per variant and round
     cache_rounds: int = 4  # cache and guardrails section: alternating rounds per variant
     cache_seconds: float = 3.0  # cache and guardrails section: measured seconds per variant and round
+    observe_rounds: int = 6  # observability section: alternating rounds per instance
+    observe_seconds: float = 3.0  # observability section: measured seconds per instance and round
+    profile_observability: bool = False  # observability section: py-spy one "on" worker afterwards
 
     def runs(self, section: str) -> bool:
         """Return whether this run includes the section."""
@@ -78,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="do not pin gunicorn and the load generator + upstream to separate cores")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
+    parser.add_argument("--profile-observability", action="store_true",
+                        help="after the observability section's rounds, py-spy one worker of the 'on' gateway "
+                             "(about 12 s more) and show where the cost goes")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to save the report "
                         "(default bench/results/latest.txt)")
@@ -94,7 +100,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 workers=args.workers, threads=args.threads, server_cpus=server_cpus, load_cpus=load_cpus,
                 sections=tuple(name for name in SECTIONS if name in (args.only or SECTIONS)),
                 config_rounds=2 if args.quick else 3, config_seconds=1.0 if args.quick else 3.0,
-                cache_rounds=2 if args.quick else 4, cache_seconds=1.0 if args.quick else 3.0)
+                cache_rounds=2 if args.quick else 4, cache_seconds=1.0 if args.quick else 3.0,
+                observe_rounds=3 if args.quick else 6, observe_seconds=2.0 if args.quick else 3.0,
+                profile_observability=args.profile_observability)
 
 
 def split_cpus() -> tuple[str | None, str | None]:

@@ -1,9 +1,9 @@
-"""Portico's load benchmark: direct vs Flask floor vs Portico, config engine, cache and guardrails, TTFB, RSS.
+"""Portico's load benchmark: direct vs floor vs Portico, config engine, cache, guardrails, observability, TTFB, RSS.
 
-    .venv/bin/python -m bench.run                 # the full run, about 6 minutes
+    .venv/bin/python -m bench.run                 # the full run, about 7 minutes
     .venv/bin/python -m bench.run --quick         # a short smoke run, about two minutes
     .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, cache,
-                                                  # streaming, rss
+                                                  # observability, streaming, rss
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -25,6 +25,7 @@ from bench import sections
 from bench.cache_guardrails import cache_guardrails
 from bench.config_engine import config_engine
 from bench.loadgen import RERANK_BODY, write_script
+from bench.observability import observability
 from bench.plan import SECTIONS, Plan, make_plan, parse_args
 from bench.procs import BenchError, Procs, ensure_tool
 from bench.report import Report
@@ -45,7 +46,8 @@ def describe(report: Report, plan: Plan, upstream: Upstream) -> None:
                "keep-alive 75 s")
     if plan.server_cpus:
         report.say(f"pinning: gunicorn on CPU {plan.server_cpus}; wrk and nginx on CPU {plan.load_cpus} "
-                   "(throughput, config engine, cache and RSS; the one-at-a-time streamed calls run unpinned)")
+                   "(throughput, config engine, cache, observability and RSS; the one-at-a-time streamed calls run "
+                   "unpinned)")
     else:
         report.say("pinning: none (everything shares every core)")
     rounds = f"{plan.rounds} x {plan.round_seconds:.0f} s" if plan.rounds > 1 else f"{plan.duration:.0f} s"
@@ -85,6 +87,9 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
     verdicts: list[bool] = []
     if plan.runs("throughput") or plan.runs("config") or plan.runs("cache"):
         verdicts += pinned_load(report, plan, procs, workdir, upstream)
+    if plan.runs("observability"):
+        report.note("observability")
+        verdicts += observability(report, plan, procs, workdir, upstream)
     if plan.runs("streaming"):
         report.note("streaming")
         verdicts += streamed(report, plan, procs, workdir)

@@ -37,6 +37,7 @@ class Tally:
     p50s: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
     round_rps: list[float] = field(default_factory=list)
+    round_cpu_us: list[float] = field(default_factory=list)
     bad: int = 0
     cpu_s: float = 0.0
     others_s: float | None = None
@@ -49,6 +50,7 @@ class Tally:
         self.p50s.append(result.p50_ms)
         self.p99s.append(result.p99_ms)
         self.round_rps.append(result.rps)
+        self.round_cpu_us.append(cpu_s / result.requests * 1e6 if result.requests else 0.0)
         self.bad += result.errors + result.bad_status
         self.cpu_s += cpu_s
         if others_s is not None:

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.metrics import MULTIPROC_ENV
 from app.settings import hash_key
 from bench.procs import LOOPBACK, Proc, Procs, free_port, pinned, wait_http
 
@@ -28,15 +29,21 @@ class Server:
         return f"http://{LOOPBACK}:{self.port}"
 
 
-def gateway_toml() -> str:
-    """Return the benchmark's gateway file: one key (auth on) and loopback custom hosts allowed."""
+def gateway_toml(workdir: Path, observe: str | None = None) -> str:
+    """Return the benchmark's gateway file: one key (auth on), loopback custom hosts, then `observe`.
+
+    `observe` holds the [logs] (and [metrics]) tables; by default a request log in workdir.
+    """
+    if observe is None:
+        observe = f'[logs]\npath = "{workdir / "portico-logs.sqlite"}"\n'
     return f"""[[keys]]
 name = "bench"
 sha256 = "{hash_key(BENCH_KEY)}"
 
 [custom_hosts]
 allow = ["127.0.0.1"]
-"""
+
+{observe}"""
 
 
 def portico_headers(upstream_url: str) -> dict[str, str]:
@@ -46,7 +53,9 @@ def portico_headers(upstream_url: str) -> dict[str, str]:
 
 
 def _env(workers: int, threads: int, extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "GATEWAY_WORKERS": str(workers), "GATEWAY_THREADS": str(threads), **extra}
+    # Each gateway gets its own metrics dir from gunicorn.conf.py: an inherited one would be shared (and wiped).
+    inherited = {name: value for name, value in os.environ.items() if name != MULTIPROC_ENV}
+    return {**inherited, "GATEWAY_WORKERS": str(workers), "GATEWAY_THREADS": str(threads), **extra}
 
 
 def start_floor(procs: Procs, workdir: Path, upstream_url: str, workers: int, threads: int,
@@ -63,11 +72,11 @@ def start_floor(procs: Procs, workdir: Path, upstream_url: str, workers: int, th
 
 
 def start_portico(procs: Procs, workdir: Path, workers: int, threads: int, cpus: str | None,
-                  name: str = "portico") -> Server:
+                  name: str = "portico", observe: str | None = None) -> Server:
     """Start the real gateway (gunicorn -c gunicorn.conf.py) with a gateway file written to workdir."""
     port = free_port()
-    config = workdir / "gateway.toml"
-    config.write_text(gateway_toml())
+    config = workdir / f"{name}.gateway.toml"
+    config.write_text(gateway_toml(workdir, observe))
     env = _env(workers, threads, {"GATEWAY_CONFIG": str(config), "GATEWAY_BIND": f"{LOOPBACK}:{port}"})
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
     # Access lines (one JSON line per call) go to a file, as they would to a log collector.
