@@ -22,7 +22,7 @@ COLUMNS: tuple[str, ...] = (
 Row = tuple[Any, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per request
 class LogRecord:
     """One gateway call as the request log keeps it: no bodies, no secrets."""
 

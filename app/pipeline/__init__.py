@@ -8,6 +8,7 @@ from app.cache import ResponseCache, build_cache, cache_key
 from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
+from app.logs import access_lines
 from app.logstore import LogStore
 from app.metrics import get_metrics
 from app.observe import CallObserver
@@ -38,6 +39,7 @@ class Gateway:
 
     def close(self) -> None:
         """Flush and stop what runs in the background (the request-log writer, the cache client)."""
+        access_lines.flush()
         if self.log_store is not None:
             self.log_store.close()
         self.cache.close()
