@@ -115,7 +115,9 @@ def first_row(path: Path) -> int:
 def recording_problems(pair: Pair) -> list[str]:
     """Return what is wrong with 'on' recording the sample call, or 'off' not recording it (empty: all good)."""
     problems = []
-    rows, lines_on, lines_off = first_row(pair.log_path), pair.access_lines(pair.on), pair.access_lines(pair.off)
+    rows = first_row(pair.log_path)
+    time.sleep(0.6)  # access lines are flushed every 0.25 s
+    lines_on, lines_off = pair.access_lines(pair.on), pair.access_lines(pair.off)
     status_on, text_on = get(pair.on, "/metrics")
     status_off, _ = get(pair.off, "/metrics")
     if rows != 1:
