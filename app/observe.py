@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from app.logs import access_line, redact, write_access_line
@@ -37,10 +38,8 @@ class CallObserver:
 
     def tap(self, ctx: RequestContext, answer: Answer) -> Callable[[bytes], None]:
         """Return the usage tap that reads a copy of the answer's chunks as they are relayed."""
-        request = ctx.body_json()
-        model = request.get("model") if isinstance(request, dict) else None
-        tap = UsageTap(answer.header("content-type"), answer.header("content-encoding"),
-                       model if isinstance(model, str) else None)
+        # The request's model is only a fallback for answers that name none: read it at the end, if needed.
+        tap = UsageTap(answer.header("content-type"), answer.header("content-encoding"))
         ctx.usage = tap
         return tap.feed
 
@@ -63,6 +62,8 @@ class CallObserver:
     def _record(self, ctx: RequestContext, status: int) -> None:
         now = time.perf_counter()
         usage: Usage = ctx.usage.result() if isinstance(ctx.usage, UsageTap) else Usage()
+        if usage.model is None and not usage.is_empty():
+            usage = replace(usage, model=request_model(ctx))
         cost = self.pricing.cost(ctx.provider_slug or "", usage) if not usage.is_empty() else Cost(None, None, False)
         if cost.unknown_model:
             self._flag_unpriced(ctx.provider_slug, usage.model)
@@ -76,6 +77,13 @@ class CallObserver:
                 route=ctx.route, provider=ctx.provider_slug, status=status, latency_s=now - ctx.started,
                 upstream_s=upstream_s, retries=max(ctx.retry_count, 0), fell_back=ctx.fell_back,
                 cache_status=ctx.cache_status, model=usage.model, tokens=token_counts(usage), cost_usd=cost.usd)
+
+
+def request_model(ctx: RequestContext) -> str | None:
+    """Return the model the request named, if its body is JSON with a string model."""
+    request = ctx.body_json()
+    model = request.get("model") if isinstance(request, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def token_counts(usage: Usage) -> dict[str, int]:
