@@ -115,7 +115,7 @@ def test_secrets_never_reach_the_request_log(gateway: Gateway, fake_provider: Fa
 
 @pytest.mark.parametrize("stop_mid_load", [False, True])
 def test_every_answered_request_is_in_the_store(fake: FakeProvider, stop_mid_load: bool) -> None:
-    """4 workers; 2,000 calls from 8 threads (or SIGTERM after some): rows == answered calls, no duplicates."""
+    """4 workers; 10,000 calls from 8 threads (or SIGTERM after some): rows == answered calls, no duplicates."""
     fake.reset()
     gw = Gateway(gateway_toml(fake.url), workers=4, threads=4).start()
     answered: list[str] = []
@@ -124,7 +124,7 @@ def test_every_answered_request_is_in_the_store(fake: FakeProvider, stop_mid_loa
 
     def client(worker: int) -> None:
         session = requests.Session()
-        for i in range(250):
+        for i in range(1250):
             if stop.is_set():
                 return
             trace = f"load-{worker}-{i}"
@@ -153,6 +153,6 @@ def test_every_answered_request_is_in_the_store(fake: FakeProvider, stop_mid_loa
     assert len(traces) == len(set(traces))
     assert set(answered) <= set(traces)
     if not stop_mid_load:
-        assert len(traces) == 2000
+        assert len(traces) == 10_000
     else:
-        assert 0 < len(answered) < 2000
+        assert 0 < len(answered) < 10_000
