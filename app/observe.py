@@ -36,8 +36,11 @@ class CallObserver:
         if self.metrics is not None:
             self.metrics.call_started()
 
-    def tap(self, ctx: RequestContext, answer: Answer) -> Callable[[bytes], None]:
+    def tap(self, ctx: RequestContext, answer: Answer) -> Callable[[bytes], None] | None:
         """Return the usage tap that reads a copy of the answer's chunks as they are relayed."""
+        if ctx.cache_status == "HIT":
+            return None  # a cached answer used no provider tokens and cost nothing
+
         # The request's model is only a fallback for answers that name none: read it at the end, if needed.
         tap = UsageTap(answer.header("content-type"), answer.header("content-encoding"))
         ctx.usage = tap
@@ -64,7 +67,12 @@ class CallObserver:
         usage: Usage = ctx.usage.result() if isinstance(ctx.usage, UsageTap) else Usage()
         if usage.model is None and not usage.is_empty():
             usage = replace(usage, model=request_model(ctx))
-        cost = self.pricing.cost(ctx.provider_slug or "", usage) if not usage.is_empty() else Cost(None, None, False)
+        if ctx.cache_status == "HIT":
+            cost = Cost(0.0, None, False)
+        elif usage.is_empty():
+            cost = Cost(None, None, False)
+        else:
+            cost = self.pricing.cost(ctx.provider_slug or "", usage)
         if cost.unknown_model:
             self._flag_unpriced(ctx.provider_slug, usage.model)
         if self.access_lines:

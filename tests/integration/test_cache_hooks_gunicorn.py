@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,10 @@ def test_second_identical_call_is_a_hit(gateway: Gateway, fake_provider: FakePro
     assert second.json() == first.json()
     assert second.headers["Content-Type"] == first.headers["Content-Type"]
     assert len(fake_provider.requests) == 1
+    time.sleep(0.5)  # access lines are flushed every 0.25 s
+    lines = [json.loads(x) for x in gateway.stdout.read_text().splitlines() if x.startswith("{")]
+    hit = next(x for x in lines if x["trace_id"] == second.headers["x-portkey-trace-id"])
+    assert hit["cost_usd"] == 0.0 and "input_tokens" not in hit  # a cached answer used no provider tokens
 
 
 def test_cache_statuses(gateway: Gateway, fake_provider: FakeProvider) -> None:
