@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 # Domain-separation prefixes: a key or credential digest can never equal a digest made for another purpose.
 _KEY_DOMAIN = b"portico/cache-key/v1\x00"
@@ -11,10 +12,17 @@ _CREDENTIAL_DOMAIN = b"portico/cache-credential/v1\x00"
 
 
 def cache_key(*, provider: str, url: str, method: str, body: bytes | None, content_type: str | None,
-              credential: str | None, namespace: str | None) -> str:
-    """Return the sha256 hex key of a request: same request, same key; any field changed, another key."""
+              credential: str | None, namespace: str | None, parsed_json: Any = None) -> str:
+    """Return the sha256 hex key of a request: same request, same key; any field changed, another key.
+
+    `parsed_json` is the body already parsed by the caller (a JSON body), to save parsing it twice.
+    """
     media_type = _media_type(content_type)
-    body_kind, canonical = _canonical_body(body, media_type)
+    canonical: bytes | None
+    if parsed_json is not None and body is not None and _may_be_json(media_type):
+        body_kind, canonical = "json", json.dumps(parsed_json, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        body_kind, canonical = _canonical_body(body, media_type)
     digest = hashlib.sha256(_KEY_DOMAIN)
     for part in (
         _utf8(provider),

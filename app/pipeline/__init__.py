@@ -71,7 +71,9 @@ class Gateway:
     def cache_key(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None) -> str:
         """Return the cache key of a leaf's call (SPEC 9.3)."""
         url, _ = upstream.upstream_url(ctx, target, self.policy)
+        # The client's own body is parsed already (routing read it); a rewritten one is parsed by the key.
+        parsed = ctx.body_json() if body is ctx.body else None
         return cache_key(provider=target.provider.slug, url=url, method=ctx.method,
                          body=body.bytes() if body is not None else None,
                          content_type=ctx.headers.get("content-type"), credential=target.credential,
-                         namespace=ctx.headers.get("x-portkey-cache-namespace"))
+                         namespace=ctx.headers.get("x-portkey-cache-namespace"), parsed_json=parsed)

@@ -115,3 +115,11 @@ def test_credential_is_not_recoverable_from_the_key() -> None:
     # Not a bare hash of the secret either: the key mixes the whole request under a domain prefix.
     for digest in (hashlib.sha256(SECRET.encode()).hexdigest(), hashlib.sha1(SECRET.encode()).hexdigest()):
         assert digest not in first
+
+
+def test_an_already_parsed_body_gives_the_same_key() -> None:
+    from app.cache import cache_key as key
+    raw = b'{"b": 1, "a": [1, 2]}'
+    common = {"provider": "openai", "url": "https://x/v1/chat", "method": "POST", "body": raw,
+              "content_type": "application/json", "credential": "sk-x", "namespace": None}
+    assert key(**common) == key(**common, parsed_json={"a": [1, 2], "b": 1})
