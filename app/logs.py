@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the pipeline imports this module; a runtime import would be circular
     from app.pipeline.context import RequestContext
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds a new encoder per call
 _SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&]*")
 _BEARER = re.compile(r"(?i)(bearer\s+|sk-[a-z]*-?)[A-Za-z0-9._~+/=-]{4,}")
 
@@ -121,4 +122,4 @@ def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None =
         line.update(extra)
     if ctx.error:
         line["error"] = redact(ctx.error)
-    return json.dumps(line, separators=(",", ":"))
+    return _COMPACT.encode(line)
