@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import uuid
 
 from app.errors import BadRequest
@@ -14,7 +15,16 @@ MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
 def assign_trace_id(ctx: RequestContext) -> None:
     """Take the client's trace id, or make one, before anything can fail."""
-    ctx.trace_id = ctx.headers.get("x-portkey-trace-id") or str(uuid.uuid4())
+    ctx.trace_id = ctx.headers.get("x-portkey-trace-id") or new_trace_id()
+
+
+def new_trace_id() -> str:
+    """Return a random UUID4 string for a call.
+
+    Not uuid.uuid4(): that reads os.urandom on every call. Trace ids need uniqueness, not secrecy, and
+    the random module's generator is reseeded in every forked worker.
+    """
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def read_gateway_headers(ctx: RequestContext) -> None:

@@ -47,7 +47,10 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     """Return the client response that streams the answer as it arrives (keeping a copy for the cache)."""
     gw = gateway()
     ctx.upstream_status = answer.status
-    headers = answer.headers
+    # The gateway's own headers join the list before the Response exists: setting them one by one on
+    # werkzeug's Headers scans the list each time. An upstream's x-portkey-* headers never pass.
+    headers = [(k, v) for k, v in answer.headers if not k.lower().startswith("x-portkey-")]
+    headers += gateway_headers(ctx)
     status = f"{answer.status} {answer.reason}".strip()
     body = Relay(answer, ctx, on_close=gw.observer.finished(ctx, answer.status), on_complete=on_complete,
                  keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer))
@@ -55,7 +58,7 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):
         del response.headers["Content-Type"]
-    return with_gateway_headers(response, ctx)
+    return response
 
 
 def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
@@ -73,17 +76,22 @@ def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
 
 
 def with_gateway_headers(response: Response, ctx: RequestContext) -> Response:
-    """Add the gateway's response headers (SPEC 10)."""
-    headers = response.headers
-    if ctx.trace_id:
-        headers["x-portkey-trace-id"] = ctx.trace_id
-    if ctx.target is not None:
-        headers["x-portkey-provider"] = ctx.target.provider.slug
-        headers["x-portkey-retry-attempt-count"] = str(ctx.retry_count)
-        headers["x-portkey-cache-status"] = ctx.cache_status
-        if ctx.option_index:
-            headers["x-portkey-last-used-option-index"] = ctx.option_index
+    """Add the gateway's response headers (SPEC 10) to a response the gateway wrote itself."""
+    for name, value in gateway_headers(ctx):
+        response.headers[name] = value
     return response
+
+
+def gateway_headers(ctx: RequestContext) -> list[tuple[str, str]]:
+    """Return the gateway's response headers for a call (SPEC 10)."""
+    headers = [("x-portkey-trace-id", ctx.trace_id)] if ctx.trace_id else []
+    if ctx.target is not None:
+        headers += [("x-portkey-provider", ctx.target.provider.slug),
+                    ("x-portkey-retry-attempt-count", str(ctx.retry_count)),
+                    ("x-portkey-cache-status", ctx.cache_status)]
+        if ctx.option_index:
+            headers.append(("x-portkey-last-used-option-index", ctx.option_index))
+    return headers
 
 
 def raw_path(environ: dict[str, Any]) -> str:

@@ -297,3 +297,21 @@ def test_unified_beats_proxy_in_the_url_map(app) -> None:
     assert adapter.match("/v1/proxy/chat/completions", method="POST")[0] == "proxy.legacy_proxy"
     assert adapter.match("/v1/rerank", method="POST")[0] == "proxy.proxy"
     assert adapter.match("/v1/files/abc", method="DELETE")[0] == "unified.retrieveFile"
+
+
+def test_generated_trace_ids_are_unique_uuid4s() -> None:
+    import os
+    import uuid
+
+    from app.pipeline.inbound import new_trace_id
+    ids = {new_trace_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(uuid.UUID(i).version == 4 for i in list(ids)[:100])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker must not repeat its parent's ids
+        os.write(write, new_trace_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    assert child_id != new_trace_id() and child_id not in ids
