@@ -9,9 +9,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from app.http.headers import proxy_drop_set
 from app.providers.registry import PROVIDERS
 
 DEFAULT_BIND = "127.0.0.1:8787"
@@ -74,7 +76,7 @@ class Settings:
     spool_memory_bytes: int = DEFAULT_SPOOL_MEMORY_BYTES
     backoff_base_ms: int = 1000
     trust_env: bool = False
-    ignore_headers: tuple[str, ...] = ()
+    ignore_headers: frozenset[str] = frozenset()
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     access_log: bool = True
@@ -86,7 +88,11 @@ class Settings:
     cache_backend: str = "memory"
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_max_entry_bytes: int = DEFAULT_CACHE_MAX_BYTES // 8
-    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def proxy_drop(self) -> frozenset[str]:
+        """Return the client headers the proxy never forwards (built-in list plus [proxy] ignore_headers)."""
+        return proxy_drop_set(self.ignore_headers)
 
     @property
     def open_mode(self) -> bool:
@@ -140,7 +146,7 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
                                          DEFAULT_SPOOL_MEMORY_BYTES),
         backoff_base_ms=reader.int_in(data.get("retry", {}), "retry", "backoff_base_ms", 1000),
         trust_env=reader.bool_in(data.get("upstream", {}), "upstream", "trust_env", False),
-        ignore_headers=tuple(h.lower() for h in reader.str_list(data.get("proxy", {}), "proxy", "ignore_headers")),
+        ignore_headers=frozenset(reader.str_list(data.get("proxy", {}), "proxy", "ignore_headers")),
         connect_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "connect_timeout_ms", 10_000) / 1000,
         read_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "read_timeout_ms", 600_000) / 1000,
         access_log=reader.bool_in(data.get("logs", {}), "logs", "access_log", True),
@@ -154,7 +160,6 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         cache_max_entry_bytes=reader.int_in(data.get("cache", {}), "cache", "max_entry_bytes",
                                             reader.int_in(data.get("cache", {}), "cache", "max_bytes",
                                                           DEFAULT_CACHE_MAX_BYTES) // 8),
-        raw=data,
     )
 
 

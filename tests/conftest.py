@@ -22,9 +22,7 @@ def make_settings(**changes: Any) -> Settings:
     base = Settings(
         workers=1, threads=8,
         keys=(GatewayKey(name="team-a", sha256=hash_key(GATEWAY_KEY)),),
-        catalog={"cohere-prod": CatalogEntry(name="cohere-prod", provider="cohere", api_key="co-catalog-secret"),
-                 "openai-local": CatalogEntry(name="openai-local", provider="openai", api_key="sk-catalog-local",
-                                              custom_host="http://127.0.0.1:9/v1")},
+        catalog={"cohere-prod": CatalogEntry(name="cohere-prod", provider="cohere", api_key="co-catalog-secret")},
         custom_hosts_allow=("127.0.0.1", "localhost"),
         backoff_base_ms=0,
     )

@@ -13,15 +13,14 @@ HOP_BY_HOP = frozenset({
 # Never copied upstream in proxy mode: recomputed by the HTTP client, or a credential the
 # provider's auth headers replace.
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect", "authorization", "x-api-key"})
-SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key", "x-portkey-api-key",
-                            "proxy-authorization", "cookie", "x-portkey-aws-secret-access-key",
-                            "x-portkey-aws-session-token"})
 
-
-def connection_tokens(headers: Mapping[str, str]) -> set[str]:
+def connection_tokens(items: list[tuple[str, str]]) -> set[str]:
     """Return the header names listed in Connection, which are hop-by-hop too."""
-    value = headers.get("connection") or ""
-    return {token.strip().lower() for token in value.split(",") if token.strip()}
+    tokens: set[str] = set()
+    for name, value in items:
+        if name.lower() == "connection":
+            tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
 
 
 def forward_list(header_value: str | None, config_list: Iterable[str] = ()) -> tuple[str, ...]:
@@ -39,10 +38,17 @@ def _checked(name: str, value: str) -> str:
     return value
 
 
-def proxy_headers(client: Iterable[tuple[str, str]], ignore: frozenset[str]) -> dict[str, str]:
-    """Return the client headers a proxy call forwards upstream."""
+def proxy_drop_set(ignore: Iterable[str]) -> frozenset[str]:
+    """Return the header names a proxy call never forwards: built once, from the configured ignore list."""
+    return HOP_BY_HOP | _NOT_FORWARDED | {name.lower() for name in ignore}
+
+
+def proxy_headers(client: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
+    """Return the client headers a proxy call forwards upstream (`drop` from proxy_drop_set)."""
     items = list(client)
-    drop = HOP_BY_HOP | _NOT_FORWARDED | ignore | connection_tokens({k.lower(): v for k, v in items})
+    tokens = connection_tokens(items)
+    if tokens:
+        drop = drop | tokens
     out: dict[str, str] = {}
     for name, value in items:
         lower = name.lower()
@@ -67,5 +73,6 @@ def forwarded_headers(client: Mapping[str, str], names: Iterable[str]) -> dict[s
 def response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Return the upstream response headers to relay, minus hop-by-hop ones."""
     items = list(upstream)
-    drop = HOP_BY_HOP | connection_tokens({k.lower(): v for k, v in items})
+    tokens = connection_tokens(items)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return [(k, v) for k, v in items if k.lower() not in drop]

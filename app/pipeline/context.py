@@ -52,7 +52,6 @@ class RequestContext:
     target: ResolvedTarget | None = None
     config: ConfigTarget | None = None
     body: Body | None = None
-    upstream_url: str | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None
     retry_count: int = 0

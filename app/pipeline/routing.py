@@ -163,8 +163,7 @@ class Router:
         """Call the upstream, retrying as the leaf's retry policy says."""
         ctx = self.ctx
         timeout_ms = ctx.timeout_ms or leaf.request_timeout
-        forward = forward_list(None, leaf.forward_headers or ()) if leaf.forward_headers else ()
-        forward = tuple(dict.fromkeys(ctx.forward + forward))
+        forward = forward_list(None, ctx.forward + leaf.forward_headers) if leaf.forward_headers else ctx.forward
         policy = leaf.retry or RetryPolicy()
         started = time.monotonic()
         retries = 0

@@ -48,7 +48,7 @@ def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple
                      settings: Settings) -> dict[str, str]:
     """Return the headers sent upstream: the route's policy, the forward list, then the provider's auth."""
     if ctx.route == PROXY:
-        headers = proxy_headers(ctx.header_items, frozenset(settings.ignore_headers))
+        headers = proxy_headers(ctx.header_items, settings.proxy_drop)
     else:
         headers = {}
         if ctx.headers.get("content-type"):
@@ -62,7 +62,6 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
          forward: tuple[str, ...], session: requests.Session, policy: HostPolicy, settings: Settings) -> Answer:
     """Make one attempt; a 2xx answer must deliver its first chunk too (so a dead stream can still fall back)."""
     url, pinned = upstream_url(ctx, target, policy)
-    ctx.upstream_url = url
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
     sent = time.perf_counter()

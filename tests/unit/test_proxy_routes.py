@@ -88,6 +88,15 @@ def test_proxy_forwards_client_headers_but_not_gateway_or_hop_by_hop(client: Fla
         assert gone not in sent
 
 
+def test_configured_ignore_list_is_never_forwarded(app_factory, upstream) -> None:
+    client = app_factory(ignore_headers=frozenset({"x-internal-route"})).test_client()
+    upstream.post(f"{COHERE}/rerank", json={})
+    res = client.post("/v1/rerank", json={}, headers={**auth(), "X-Internal-Route": "a", "x-kept": "b"})
+    assert res.status_code == 200
+    sent = {k.lower() for k in upstream.calls[0].request.headers}
+    assert "x-internal-route" not in sent and "x-kept" in sent
+
+
 def test_forward_headers_copies_named_headers_on_unified_route(client: FlaskClient, upstream) -> None:
     upstream.post(f"{OPENAI}/chat/completions", json={"id": "x"})
     res = client.post("/v1/chat/completions", json={},
@@ -207,14 +216,13 @@ def test_patch_on_proxy_is_405_with_allow(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    "/v1/../admin", "/v1/a/%2e%2e/b", "/v1/a/%2E%2e/b", "/v1/a%2fb", "/v1/a%5cb",
+    "/v1/a/%2e%2e/b", "/v1/a/%2E%2e/b", "/v1/a%2fb", "/v1/a%5cb",
     "/v1/a/%252e%252e/b", "/v1/proxy/./x", "/v1/a/..%2f",
 ])
 def test_path_climbing_is_refused(client: FlaskClient, path: str) -> None:
     res = client.get(path, headers=auth(), environ_overrides={"RAW_URI": path})
-    assert res.status_code in (400, 404) if path.startswith("/v1/..") else res.status_code == 400
-    if res.status_code == 400:
-        assert "Invalid path" in res.get_json()["message"]
+    assert res.status_code == 400
+    assert "Invalid path" in res.get_json()["message"]
 
 
 def test_body_over_limit_is_413_before_upstream(app_factory, upstream) -> None:
