@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.txt"
-SECTIONS = ("throughput", "config", "cache", "observability", "streaming", "rss")  # in the order they run
+# In the order they run.
+SECTIONS = ("throughput", "config", "cache", "translation", "observability", "streaming", "rss")
 
 
 @dataclass(frozen=True)

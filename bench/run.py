@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run                 # the full run, about 7 minutes
     .venv/bin/python -m bench.run --quick         # a short smoke run, about two minutes
     .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, cache,
-                                                  # observability, streaming, rss
+                                                  # translation, observability, streaming, rss
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench import sections
+from bench import sections, translation
 from bench.cache_guardrails import cache_guardrails
 from bench.config_engine import config_engine
 from bench.loadgen import RERANK_BODY, write_script
@@ -85,7 +85,7 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
     upstream = start_upstream(procs, plan, workdir)
     describe(report, plan, upstream)
     verdicts: list[bool] = []
-    if plan.runs("throughput") or plan.runs("config") or plan.runs("cache"):
+    if any(plan.runs(name) for name in ("throughput", "config", "cache", "translation")):
         verdicts += pinned_load(report, plan, procs, workdir, upstream)
     if plan.runs("observability"):
         report.note("observability")
@@ -112,6 +112,10 @@ def pinned_load(report: Report, plan: Plan, procs: Procs, workdir: Path, upstrea
     if plan.runs("cache"):
         report.note("cache and guardrails")
         verdicts += cache_guardrails(report, plan, workdir, portico, upstream)
+    if plan.runs("translation"):
+        report.note("translation")
+        verdicts += translation.translation_cost(report, plan, workdir, portico, upstream)
+        verdicts += translated_stream(report, plan, procs, workdir)
     procs.stop(portico.proc)
     return verdicts
 
@@ -142,6 +146,17 @@ def streamed(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bo
         return sections.streaming(report, plan, fake, floor, portico)
     finally:
         for proc in (portico.proc, floor.proc, fake.proc):
+            procs.stop(proc)
+
+
+def translated_stream(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
+    """Start the fake provider and an unpinned Portico on it; time translated stream events."""
+    fake = start_fake(procs, workdir, None, name="fake-translation")
+    portico = start_portico(procs, workdir, plan.workers, plan.threads, None, name="portico-translation")
+    try:
+        return translation.stream_delay(report, plan, fake, portico)
+    finally:
+        for proc in (portico.proc, fake.proc):
             procs.stop(proc)
 
 

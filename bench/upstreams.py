@@ -26,6 +26,12 @@ CHAT_ANSWER = {
                  "logprobs": None, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 14, "completion_tokens": 11, "total_tokens": 25},
 }
+MESSAGES_PATH = "/v1/messages"  # the same answer in Anthropic's shape: the translated unified chat runs
+MESSAGES_ANSWER = {
+    "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-bench",
+    "content": [{"type": "text", "text": "Sunny and mild in Paris today, 21 C."}],
+    "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 14, "output_tokens": 11},
+}
 STATUS_PATH = "/bench/nginx-status"  # nginx's stub_status: how many requests it has served
 
 
@@ -47,8 +53,8 @@ class Upstream:
 
 def nginx_conf(workdir: Path, port: int) -> str:
     """Return an nginx config on loopback only: fixed JSON for /v1/rerank and CHAT_PATH (200), FAIL_PATH (503)."""
-    body, fail, chat = (json.dumps(answer, separators=(",", ":")).replace("'", "\\'")
-                        for answer in (RERANK_ANSWER, FAIL_ANSWER, CHAT_ANSWER))
+    body, fail, chat, message = (json.dumps(answer, separators=(",", ":")).replace("'", "\\'")
+                                 for answer in (RERANK_ANSWER, FAIL_ANSWER, CHAT_ANSWER, MESSAGES_ANSWER))
     temp = {name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     return f"""worker_processes 1;
 pid {workdir / "nginx.pid"};
@@ -69,6 +75,7 @@ http {{
         location = /v1/rerank {{ return 200 '{body}'; }}
         location = {FAIL_PATH} {{ return 503 '{fail}'; }}
         location = {CHAT_PATH} {{ return 200 '{chat}'; }}
+        location = {MESSAGES_PATH} {{ return 200 '{message}'; }}
         location = {STATUS_PATH} {{ stub_status; }}
         location / {{ return 200 '{{"ok":true}}'; }}
     }}
@@ -107,8 +114,8 @@ def start_nginx(procs: Procs, workdir: Path, cpus: str | None) -> Upstream | Non
     cmd = [binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
     proc = procs.start("nginx", pinned(cmd, cpus), stderr=workdir / "nginx.stderr")
     wait_http(proc, port)
-    label = (f"{nginx_version(binary)} (fixed JSON: 200 for /v1/rerank and {CHAT_PATH}, 503 for {FAIL_PATH}; "
-             "1 worker)")
+    label = (f"{nginx_version(binary)} (fixed JSON: 200 for /v1/rerank, {CHAT_PATH}, {MESSAGES_PATH}; "
+             f"503 for {FAIL_PATH}; 1 worker)")
     return Upstream(label, port, proc, serves_fail=True, serves_chat=True)
 
 

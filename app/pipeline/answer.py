@@ -7,6 +7,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -22,6 +23,16 @@ CHUNK = 64 * 1024
 _NOT_REPLAYED = frozenset({"content-length", "content-encoding"})
 
 
+class BodyTransform(Protocol):
+    """Rewrites a streamed body as it is read (a translated stream)."""
+
+    broken: bool  # the transform ended the body early (an error event): the rest is not read
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
 class StreamAborted(Exception):
     """The upstream broke off after the answer started; the client connection must be cut, not ended cleanly."""
 
@@ -35,6 +46,8 @@ class Answer:
     headers: list[tuple[str, str]]
     first_chunk: bytes = b""
     response: requests.Response | None = field(default=None, repr=False)
+    transform: BodyTransform | None = field(default=None, repr=False)
+    _ended: bool = field(default=False, repr=False)
 
     @classmethod
     def from_response(cls, response: requests.Response, first_chunk: bytes = b"") -> Answer:
@@ -65,7 +78,7 @@ class Answer:
         chunks = [self.first_chunk]
         size = len(self.first_chunk)
         while True:
-            chunk = read_chunk(self.response)
+            chunk = self.next_chunk()
             if not chunk:
                 break
             chunks.append(chunk)
@@ -73,10 +86,30 @@ class Answer:
             if size > limit:
                 self.first_chunk = b"".join(chunks)  # relayed first, then the rest as it comes
                 return False
-        self.response.raw.release_conn()
+        if self.response is not None:
+            self.response.raw.release_conn()
         self.response = None
         self.first_chunk = b"".join(chunks)
         return True
+
+    def next_chunk(self) -> bytes:
+        """Read the next piece of the body after the first chunk, transformed if it is; b"" at the end."""
+        assert self.response is not None
+        if self.transform is None:
+            return read_chunk(self.response)
+        while not self._ended:
+            if self.transform.broken:
+                self._ended = True
+                self.response.raw.close()  # the rest is not read: the connection cannot be reused
+                break
+            raw = read_chunk(self.response)
+            if not raw:
+                self._ended = True
+                return self.transform.finish()
+            out = self.transform.feed(raw)
+            if out:
+                return out
+        return b""
 
     def decoded_body(self) -> bytes:
         """Return a whole body with its Content-Encoding undone (gzip, deflate)."""
@@ -132,6 +165,7 @@ class Relay:
     def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[], None] | None = None,
                  on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0,
                  tap: Callable[[bytes], None] | None = None) -> None:
+        self.answer = answer
         self.response = answer.response
         self.pending = answer.first_chunk
         self.ctx = ctx
@@ -155,7 +189,7 @@ class Relay:
             raise StopIteration
         else:
             try:
-                chunk = read_chunk(self.response)
+                chunk = self.answer.next_chunk()
             except UpstreamUnreachable as err:
                 self.ctx.error = err.message
                 log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)

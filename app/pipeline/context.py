@@ -63,6 +63,7 @@ class RequestContext:
     fell_back: bool = False
     usage: Any = None
     hook_results: dict[str, Any] = field(default_factory=dict)
+    native: Any = None  # the current leaf's translated request (app.translate.NativeRequest), None when relayed as is
     _body_json: Any = field(default=_UNSET, repr=False)
 
     @property

@@ -123,12 +123,6 @@ def client_credential(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key") or None
 
 
-def check_supported(ctx: RequestContext, target: ResolvedTarget) -> None:
-    """Refuse a unified endpoint the target's provider does not speak natively (until translation lands)."""
-    if ctx.route == UNIFIED and target.provider.native_format != ctx.unified_format:
-        raise BadRequest(f"{ctx.endpoint} is not supported by {target.provider.slug}")
-
-
 def merged(parent: Target, child: Target) -> Target:
     """Return the child with what it inherits from its parent filled in (SPEC 8.3)."""
     changes: dict[str, Any] = {}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from app import translate
 from app.cache import ResponseCache
 from app.config.models import RetryPolicy, Strategy, Target
 from app.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
@@ -20,8 +23,11 @@ from app.pipeline.backoff import next_wait
 from app.pipeline.conditions import pick_conditional
 from app.pipeline.context import RequestContext, ResolvedTarget
 from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after, run_before
-from app.pipeline.resolve import check_supported, leaf_body, merged, resolve_leaf
+from app.pipeline.resolve import leaf_body, merged, resolve_leaf
 from app.settings import Settings
+
+if TYPE_CHECKING:  # imported for annotations only: app.translate imports the pipeline's modules
+    from app.translate.call import Translator
 
 log = logging.getLogger(__name__)
 # Failures of the upstream itself: they are retried and they move a fallback on. Any other
@@ -122,7 +128,7 @@ class Router:
         """Run one leaf: before hooks, cache lookup, the upstream with retries, cache store, after hooks."""
         ctx = self.ctx
         target = resolve_leaf(leaf, ctx, self.settings)
-        check_supported(ctx, target)
+        translator = translate.translator_for(ctx, target, leaf.strict_open_ai_compliance)
         body = leaf_body(leaf, ctx)
         hooks = leaf_hooks(leaf)
         before_failed = False
@@ -130,6 +136,11 @@ class Router:
             body, denied, before_failed = run_before(ctx, hooks, body, target.provider.slug, self.extras.hooks_http)
             if denied is not None:
                 return Outcome(path, target, answer=denied)
+        ctx.native = None
+        if translator is not None:
+            # The client's body in the provider's own format; hooks above saw (and may have changed) the unified one.
+            body = translator.request(ctx.body_json() if body is ctx.body else _parsed(body))
+            ctx.native = translator.native
         ctx.cache_status, cacheable = cache_stage.plan(ctx, leaf.cache)
         key = None
         if cacheable and self.extras.cache is not None and leaf.cache is not None:
@@ -138,7 +149,7 @@ class Router:
             if hit is not None:
                 ctx.cache_status = cache_stage.HIT
                 return self._finish(Outcome(path, target, answer=hit), hooks, before_failed, None)
-        outcome = self._upstream(leaf, target, body, path)
+        outcome = self._upstream(leaf, target, body, path, translator)
         store = None
         if key is not None and outcome.answer is not None and leaf.cache is not None:
             store = cache_stage.storer(self.extras.cache, key, outcome.answer, leaf.cache)  # type: ignore[arg-type]
@@ -159,7 +170,8 @@ class Router:
                                    self.extras.hooks_http)
         return outcome
 
-    def _upstream(self, leaf: Target, target: ResolvedTarget, body: Body | None, path: str) -> Outcome:
+    def _upstream(self, leaf: Target, target: ResolvedTarget, body: Body | None, path: str,
+                  translator: Translator | None = None) -> Outcome:
         """Call the upstream, retrying as the leaf's retry policy says."""
         ctx = self.ctx
         timeout_ms = ctx.timeout_ms or leaf.request_timeout
@@ -168,7 +180,7 @@ class Router:
         started = time.monotonic()
         retries = 0
         while True:
-            outcome = self._attempt(target, body, timeout_ms, forward, path)
+            outcome = self._attempt(target, body, timeout_ms, forward, path, translator)
             retryable = outcome.error is not None or outcome.status in policy.on_status_codes
             if not retryable:
                 outcome.retries = retries
@@ -190,12 +202,23 @@ class Router:
                 self.sleep(wait)
 
     def _attempt(self, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
-                 forward: tuple[str, ...], path: str) -> Outcome:
+                 forward: tuple[str, ...], path: str, translator: Translator | None = None) -> Outcome:
         """Make one upstream attempt; a transport failure becomes an outcome, to retry or fall back on."""
         try:
-            return Outcome(path, target, answer=self.send(self.ctx, target, body, timeout_ms, forward))
+            answer = self.send(self.ctx, target, body, timeout_ms, forward)
+            if translator is not None:
+                answer = translator.answer(answer)
+            return Outcome(path, target, answer=answer)
         except UPSTREAM_FAILURES as err:
             return Outcome(path, target, error=err)
+
+
+def _parsed(body: Body | None) -> object:
+    """Return a body rewritten by hooks or override_params, parsed again."""
+    try:
+        return json.loads(body.bytes()) if body is not None else None
+    except ValueError:
+        return None
 
 
 def moves_on(outcome: Outcome, strategy: Strategy) -> bool:

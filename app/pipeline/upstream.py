@@ -21,6 +21,8 @@ from app.http.headers import forwarded_headers, proxy_headers
 from app.http.hosts import HostPolicy, PinnedHost
 from app.pipeline.answer import Answer, read_chunk
 from app.pipeline.context import PROXY, RequestContext, ResolvedTarget
+from app.providers import aws
+from app.providers.registry import SIGV4
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,19 @@ def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy
     else:
         base = target.provider.base_for(target.options)
     extra: dict[str, str] = {}
+    query = ctx.query
     if ctx.route == PROXY:
         path = ctx.rest
+    elif ctx.native is not None:
+        # A translated call goes to the native path, with the native query only.
+        path, _, query = ctx.native.path.partition("?")
+        path, extra = target.provider.unified_path(path, target.options)
+        if ctx.native.from_root:
+            parts = urlsplit(base)
+            base = f"{parts.scheme}://{parts.netloc}"
     else:
         path, extra = target.provider.unified_path(ctx.rest, target.options)
-    query = "&".join(q for q in (ctx.query, urlencode(extra)) if q)
+    query = "&".join(q for q in (query, urlencode(extra)) if q)
     return base.rstrip("/") + path + ("?" + query if query else ""), pinned
 
 
@@ -49,6 +59,8 @@ def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple
     """Return the headers sent upstream: the route's policy, the forward list, then the provider's auth."""
     if ctx.route == PROXY:
         headers = proxy_headers(ctx.header_items, settings.proxy_drop)
+    elif ctx.native is not None:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **ctx.native.headers}
     else:
         headers = {}
         if ctx.headers.get("content-type"):
@@ -64,6 +76,8 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
     url, pinned = upstream_url(ctx, target, policy)
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
+    if target.provider.auth == SIGV4:
+        aws.sign(prepared, target.options)
     sent = time.perf_counter()
     if ctx.upstream_sent is None:
         ctx.upstream_sent = sent

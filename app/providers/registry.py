@@ -70,9 +70,7 @@ class Provider:
         elif self.auth == GOOGLE and credential:
             # The header form keeps the key out of URLs (and so out of every log that prints one).
             headers["x-goog-api-key"] = credential
-        elif self.auth == SIGV4:
-            raise BadRequest("bedrock needs AWS SigV4 request signing, which this version of the gateway "
-                             "does not do yet; call bedrock through a custom host that signs, or use another provider")
+        # SIGV4: the request is signed whole, once its URL and body are final (app.providers.aws).
         if self.slug == "openai":
             if options.get("openai_organization"):
                 headers["OpenAI-Organization"] = options["openai_organization"]

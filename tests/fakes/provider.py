@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from tests.fakes import native
+
 _READ_CHUNK = 1 << 20  # request bodies are read 1 MiB at a time
 _WRITE_CHUNK = 64 * 1024  # generated response bodies are written 64 KiB at a time
 _MAX_LINE = 65536  # longest chunk-size or trailer line accepted in a chunked request body
@@ -474,7 +476,10 @@ def _route(method: str, path: str) -> Callable[[_Context], _Answer]:
         key = "/rerank"
     elif key.startswith("/v1/"):
         key = key[len("/v1"):]
-    return _ROUTES.get((method, key), _echo)
+    handler = _ROUTES.get((method, key))
+    if handler is None:
+        handler = native.match(method, path.split("?", 1)[0])  # Gemini, Vertex, Bedrock, Cohere v2
+    return handler or _echo
 
 
 def _scripted_answer(scripted: _Scripted) -> _Answer:

@@ -114,10 +114,10 @@ def test_forward_headers_may_not_name_itself(client: FlaskClient) -> None:
     assert "may not name itself" in res.get_json()["message"]
 
 
-def test_unified_route_refuses_provider_without_native_format(client: FlaskClient) -> None:
-    res = client.post("/v1/chat/completions", json={"model": "m"}, headers=auth("cohere"))
+def test_unified_route_refuses_an_endpoint_the_provider_does_not_offer(client: FlaskClient) -> None:
+    res = client.post("/v1/audio/speech", json={"model": "m", "input": "hi"}, headers=auth("cohere"))
     assert res.status_code == 400
-    assert res.get_json() == {"status": "failure", "message": "chatComplete is not supported by cohere"}
+    assert res.get_json() == {"status": "failure", "message": "createSpeech is not supported by cohere"}
 
 
 def test_messages_route_goes_to_anthropic_with_its_auth(client: FlaskClient, upstream) -> None:

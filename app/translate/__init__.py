@@ -1,0 +1,75 @@
+"""Translation between the unified formats and each provider's native API (SPEC 7).
+
+A call needs translating when its provider does not speak the route's format natively. The
+adapter (provider side) turns a unified request into the native one and the native answer,
+stream and error back; the front (client side) is the route's own format: OpenAI's for chat
+and embeddings, Anthropic's for /v1/messages (bridged through the unified chat format).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from functools import cache
+from typing import Any
+
+from app.errors import BadRequest
+from app.pipeline.context import UNIFIED, RequestContext, ResolvedTarget
+from app.translate.base import CallFacts
+from app.translate.call import Translator
+from app.translate.fronts import Front, OpenAIFront
+
+CHAT = "chatComplete"
+EMBED = "embed"
+MESSAGES = "messages"
+
+# (provider slug, unified endpoint) → "module:ADAPTER", imported on first use.
+ADAPTERS: dict[tuple[str, str], str] = {
+    ("anthropic", CHAT): "app.translate.anthropic:CHAT",
+    ("google", CHAT): "app.translate.gemini:GOOGLE_CHAT",
+    ("google", EMBED): "app.translate.gemini:GOOGLE_EMBED",
+    ("vertex-ai", CHAT): "app.translate.gemini:VERTEX_CHAT",
+    ("vertex-ai", EMBED): "app.translate.gemini:VERTEX_EMBED",
+    ("cohere", CHAT): "app.translate.cohere:CHAT",
+    ("cohere", EMBED): "app.translate.cohere:EMBED",
+    ("bedrock", CHAT): "app.translate.bedrock:CHAT",
+    ("bedrock", EMBED): "app.translate.bedrock:EMBED",
+}
+OPENAI_CHAT = "app.translate.openai:CHAT"  # the unified chat format itself, for /v1/messages to OpenAI-like providers
+
+
+def translator_for(ctx: RequestContext, target: ResolvedTarget, strict: bool | None) -> Translator | None:
+    """Return the translator of a leaf's call; None when the provider speaks the route's format natively.
+
+    An endpoint the provider does not offer is a 400 `<endpoint> is not supported by <provider>`.
+    """
+    provider = target.provider
+    if ctx.route != UNIFIED or provider.native_format == ctx.unified_format:
+        return None
+    endpoint = ctx.endpoint or ""
+    front: Front
+    if endpoint == MESSAGES:
+        name = ADAPTERS.get((provider.slug, CHAT)) or (OPENAI_CHAT if provider.native_format else None)
+        front = _load("app.translate.messages:FRONT")
+    else:
+        name = ADAPTERS.get((provider.slug, endpoint))
+        front = OpenAIFront(endpoint)
+    if name is None:
+        raise BadRequest(f"{endpoint} is not supported by {provider.slug}")
+    return Translator(_load(name), front, call_facts(ctx, target, strict))
+
+
+def call_facts(ctx: RequestContext, target: ResolvedTarget, strict: bool | None) -> CallFacts:
+    """Return what the adapters know of this call before its body is read (the body fills in the rest)."""
+    header = (ctx.headers.get("x-portkey-strict-open-ai-compliance") or "").strip().lower()
+    if header in ("true", "false"):
+        strict = header == "true"
+    return CallFacts(provider=target.provider.slug, model=None, stream=False,
+                     id=f"chatcmpl-{ctx.trace_id.replace('-', '')}", created=int(time.time()),
+                     strict=strict is not False, options=target.options)
+
+
+@cache
+def _load(name: str) -> Any:
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)

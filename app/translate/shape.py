@@ -1,0 +1,108 @@
+"""The OpenAI shapes the unified chat route answers with: completions, chunks, usage, finish reasons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.translate.base import CallFacts
+
+# The finish reasons a unified answer may carry (SPEC 7).
+STOP = "stop"
+LENGTH = "length"
+TOOL_CALLS = "tool_calls"
+CONTENT_FILTER = "content_filter"
+
+
+def usage(prompt: int | None, completion: int | None, **details: Any) -> dict[str, Any] | None:
+    """Return an OpenAI usage object, or None when the provider reported no counts."""
+    if prompt is None and completion is None:
+        return None
+    prompt = prompt or 0
+    completion = completion or 0
+    result: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion}
+    cached = details.get("cached_tokens")
+    if cached is not None:
+        result["prompt_tokens_details"] = {"cached_tokens": cached}
+    for name, value in details.items():
+        if name != "cached_tokens" and value is not None:
+            result[name] = value  # provider extras (cache_creation_input_tokens, ...)
+    return result
+
+
+def completion(facts: CallFacts, message: dict[str, Any], finish_reason: str | None,
+               usage_: dict[str, Any] | None, *, id_: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Return an OpenAI `chat.completion` with one choice."""
+    result: dict[str, Any] = {
+        "id": id_ or facts.id,
+        "object": "chat.completion",
+        "created": facts.created,
+        "model": model or facts.model or "",
+        "provider": facts.provider,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage_ is not None:
+        result["usage"] = usage_
+    return result
+
+
+def message(content: str | None, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Return an assistant message; `tool_calls` only when there are some."""
+    result: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        result["tool_calls"] = tool_calls
+    return result
+
+
+def tool_call(call_id: str, name: str, arguments: str, index: int | None = None) -> dict[str, Any]:
+    """Return one OpenAI tool call (with `index` in streamed deltas)."""
+    result: dict[str, Any] = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    if index is not None:
+        result = {"index": index, **result}
+    return result
+
+
+def chunk(facts: CallFacts, delta: dict[str, Any], finish_reason: str | None = None, *,
+          id_: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Return one OpenAI `chat.completion.chunk` with one choice."""
+    return {
+        "id": id_ or facts.id,
+        "object": "chat.completion.chunk",
+        "created": facts.created,
+        "model": model or facts.model or "",
+        "provider": facts.provider,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def usage_chunk(facts: CallFacts, usage_: dict[str, Any], *, id_: str | None = None,
+                model: str | None = None) -> dict[str, Any]:
+    """Return the last chunk of a stream: no choices, the usage (as OpenAI sends with include_usage)."""
+    return {"id": id_ or facts.id, "object": "chat.completion.chunk", "created": facts.created,
+            "model": model or facts.model or "", "provider": facts.provider, "choices": [], "usage": usage_}
+
+
+def embeddings(facts: CallFacts, vectors: list[list[float]], prompt_tokens: int | None,
+               model: str | None = None) -> dict[str, Any]:
+    """Return an OpenAI embeddings list."""
+    result: dict[str, Any] = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "model": model or facts.model or "",
+        "provider": facts.provider,
+    }
+    if prompt_tokens is not None:
+        result["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return result
+
+
+def text_of(content: Any) -> str:
+    """Return the text of an OpenAI message content: a string, or the text parts of a list."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content
+                       if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
+    return str(content)
