@@ -52,6 +52,8 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 OPENAI_TEXT = "Hello from fake openai"
 ANTHROPIC_TEXT = "Hello from fake anthropic"
 _STREAM_PIECES = ("Hello", " from", " fake", " stream")
+STAMP = "@@stamp@@"  # a streamed text piece the fake replaces by the time the event is written
+_STAMP = STAMP.encode()
 
 
 def pattern_bytes(n: int) -> bytes:
@@ -199,13 +201,16 @@ def _fake_error(status: int) -> _Answer:
 
 
 def _sse_answer(events: list[bytes], interval_s: float, wait: Callable[[float], Any]) -> _Answer:
-    """Return a text/event-stream answer whose events are written one by one, interval_s apart."""
+    """Return a text/event-stream answer whose events are written one by one, interval_s apart.
+
+    A STAMP in an event is replaced by the time it is written (for timing benchmarks, ``x-fake-stamp``).
+    """
 
     def paced() -> Iterator[bytes]:
         for index, event in enumerate(events):
             if index and interval_s:
                 wait(interval_s)  # an Event.wait, so a stopping server is not held up
-            yield event
+            yield event.replace(_STAMP, f"{time.time():.6f}".encode()) if _STAMP in event else event
 
     headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
     return _Answer(200, headers=headers, chunks=paced())
@@ -342,7 +347,11 @@ def _openai_models(ctx: _Context) -> _Answer:
 
 
 def _anthropic_messages(ctx: _Context) -> _Answer:
-    """Answer POST /v1/messages like Anthropic, including its validation of headers and body."""
+    """Answer POST /v1/messages like Anthropic, including its validation of headers and body.
+
+    The answer is text, or a tool_use block when tool_choice forces a tool (or ``x-fake-tool-call: <name>``
+    asks for one), led by a thinking block when the request enables thinking.
+    """
     headers = ctx.request.headers
     if not headers.get("x-api-key"):
         return _anthropic_error(401, "authentication_error", "x-api-key header is required")
@@ -357,31 +366,208 @@ def _anthropic_messages(ctx: _Context) -> _Answer:
     model = payload.get("model") or "claude-fake"
     input_tokens = _token_estimate(payload["messages"])
     if payload.get("stream"):
-        return _anthropic_stream(ctx, model, input_tokens)
+        return _anthropic_stream(ctx, model, input_tokens, payload)
+    blocks = _anthropic_blocks(payload, headers, ANTHROPIC_TEXT)
     return _json_answer(200, {
         "id": _new_id("msg_"),
         "type": "message",
         "role": "assistant",
-        "content": [{"type": "text", "text": ANTHROPIC_TEXT}],
+        "content": blocks,
         "model": model,
-        "stop_reason": "end_turn",
+        "stop_reason": "tool_use" if blocks[-1]["type"] == "tool_use" else "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": len(ANTHROPIC_TEXT.split())},
+        "usage": {"input_tokens": input_tokens, "output_tokens": _token_estimate(blocks)},
     })
+
+
+_ANTHROPIC_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature", "top_p",
+    "top_k", "tools", "tool_choice", "thinking", "output_config", "output_format", "service_tier", "container",
+    "mcp_servers", "context_management", "cache_control", "inference_geo", "speed", "diagnostics"})
+_ANTHROPIC_BLOCKS = {  # the content block types each role may send
+    "user": ("text", "image", "document", "search_result", "tool_result"),
+    "assistant": ("text", "tool_use", "thinking", "redacted_thinking", "server_tool_use", "web_search_tool_result"),
+}
+_ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+ANTHROPIC_THINKING = "The user greets me; a short answer will do."
 
 
 def _anthropic_problem(payload: dict) -> str | None:
     """Return why Anthropic would reject this body, or None."""
     if "max_tokens" not in payload:
         return "max_tokens: Field required"
+    max_tokens = payload["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+        return "max_tokens: Input should be a valid integer"
     messages = payload.get("messages")
     if not isinstance(messages, list):
         return "messages: Field required"
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") == "system":
-            return ('messages: Unexpected role "system". The Messages API accepts a top-level `system` '
-                    'parameter, not "system" as an input message role.')
+    for name in payload:
+        if name not in _ANTHROPIC_FIELDS:
+            return f"{name}: Extra inputs are not permitted"
+    temperature = payload.get("temperature")
+    if isinstance(temperature, (int, float)) and not 0 <= temperature <= 1:
+        return "temperature: Input should be less than or equal to 1"
+    system = payload.get("system")
+    if system is not None and not isinstance(system, str) and not (
+            isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in system)):
+        return "system: Input should be a valid string or a list of text blocks"
+    for index, message in enumerate(messages):
+        problem = _anthropic_message_problem(index, message)
+        if problem:
+            return problem
+    return _anthropic_tools_problem(payload) or _anthropic_pairing_problem(messages)
+
+
+def _anthropic_message_problem(index: int, message: Any) -> str | None:
+    """Return why Anthropic would reject one input message, or None."""
+    role = message.get("role") if isinstance(message, dict) else None
+    if role == "system":
+        return ('messages: Unexpected role "system". The Messages API accepts a top-level `system` '
+                'parameter, not "system" as an input message role.')
+    if role not in _ANTHROPIC_BLOCKS:
+        return f"messages.{index}.role: Input should be 'user' or 'assistant'"
+    content = message.get("content")
+    if isinstance(content, str):
+        return None if content else (f"messages.{index}: all messages must have non-empty content except for "
+                                     "the optional final assistant message")
+    if not isinstance(content, list):
+        return f"messages.{index}.content: Input should be a valid string or list"
+    for position, block in enumerate(content):
+        problem = _anthropic_block_problem(f"messages.{index}.content.{position}", role, block)
+        if problem:
+            return problem
     return None
+
+
+def _anthropic_block_problem(where: str, role: str, block: Any) -> str | None:
+    """Return why Anthropic would reject one content block of a message, or None."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    known = _ANTHROPIC_BLOCKS["user"] + _ANTHROPIC_BLOCKS["assistant"]
+    if kind not in known:
+        expected = ", ".join(f"'{name}'" for name in known)
+        return f"{where}: Input tag '{kind}' found using 'type' does not match any of the expected tags: {expected}"
+    if kind not in _ANTHROPIC_BLOCKS[role]:
+        return f"{where}: `{kind}` blocks are not allowed in `{role}` messages"
+    if kind == "text" and not (isinstance(block.get("text"), str) and block["text"]):
+        return "messages: text content blocks must be non-empty"
+    if kind == "image":
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        if source.get("type") == "base64":
+            for name in ("media_type", "data"):
+                if not source.get(name):
+                    return f"{where}.image.source.base64.{name}: Field required"
+            if source["media_type"] not in _ANTHROPIC_IMAGE_TYPES:
+                allowed = ", ".join(f"'{name}'" for name in _ANTHROPIC_IMAGE_TYPES)
+                return f"{where}.image.source.base64.media_type: Input should be {allowed}"
+        elif source.get("type") == "url":
+            if not source.get("url"):
+                return f"{where}.image.source.url.url: Field required"
+        else:
+            return f"{where}.image.source: Input tag '{source.get('type')}' does not match 'base64', 'url', 'file'"
+    if kind == "tool_use" and not (block.get("id") and block.get("name") and isinstance(block.get("input"), dict)):
+        return f"{where}.tool_use: id, name and an object input are required"
+    if kind == "tool_result" and not block.get("tool_use_id"):
+        return f"{where}.tool_result.tool_use_id: Field required"
+    return None
+
+
+def _anthropic_tools_problem(payload: dict) -> str | None:
+    """Return why Anthropic would reject the tools, tool_choice or thinking of a body, or None."""
+    tools = payload.get("tools") or []
+    names = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            return f"tools.{index}.name: Field required"
+        if "type" not in tool and not isinstance(tool.get("input_schema"), dict):
+            return f"tools.{index}.custom.input_schema: Field required"
+        names.append(tool["name"])
+    choice = payload.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if choice is not None and kind not in ("auto", "any", "tool", "none"):
+        return f"tool_choice: Input tag '{kind}' found using 'type' does not match 'auto', 'any', 'tool', 'none'"
+    chosen = choice.get("name") if isinstance(choice, dict) and kind == "tool" else None
+    if kind == "tool" and chosen not in names:
+        return f"tool_choice.tool.name: Tool '{chosen}' not found in the provided tools"
+    thinking = payload.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if payload["max_tokens"] <= budget:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    if _anthropic_thinks(payload) and kind in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    return None
+
+
+def _anthropic_pairing_problem(messages: list) -> str | None:
+    """Return why the tool_use / tool_result pairing would be refused (consecutive turns are combined first)."""
+    turns: list[tuple[int, str, list]] = []  # (index of the turn's first message, role, blocks)
+    for index, message in enumerate(messages):
+        content = message["content"]
+        blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        if turns and turns[-1][1] == message["role"]:
+            turns[-1][2].extend(blocks)
+        else:
+            turns.append((index, message["role"], list(blocks)))
+    for position, (index, _role, blocks) in enumerate(turns):
+        results = [b["tool_use_id"] for b in blocks if b["type"] == "tool_result"]
+        if results:
+            before = turns[position - 1] if position else None
+            offered = {b["id"] for b in before[2] if b["type"] == "tool_use"} if before else set()
+            unexpected = [tool_id for tool_id in results if tool_id not in offered]
+            if unexpected:
+                return (f"messages.{index}.content.0: unexpected `tool_use_id` found in `tool_result` blocks: "
+                        f"{', '.join(unexpected)}. Each `tool_result` block must have a corresponding `tool_use` "
+                        "block in the previous message.")
+        uses = [b["id"] for b in blocks if b["type"] == "tool_use"]
+        if uses and position + 1 < len(turns):
+            answered = {b["tool_use_id"] for b in turns[position + 1][2] if b["type"] == "tool_result"}
+            missing = [tool_id for tool_id in uses if tool_id not in answered]
+            if missing:
+                return (f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately "
+                        f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
+                        "`tool_result` block in the next message.")
+    return None
+
+
+def _anthropic_thinks(payload: dict) -> bool:
+    """Return whether the request turns thinking on."""
+    thinking = payload.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _anthropic_blocks(payload: dict, headers: dict[str, str], text: str) -> list[dict[str, Any]]:
+    """Return the answer's content blocks: [thinking], then text, or a tool_use (after a line of text if asked)."""
+    blocks: list[dict[str, Any]] = []
+    if _anthropic_thinks(payload):
+        signature = hashlib.sha256(ANTHROPIC_THINKING.encode()).hexdigest()
+        blocks.append({"type": "thinking", "thinking": ANTHROPIC_THINKING, "signature": signature})
+    tools = {tool["name"]: tool for tool in payload.get("tools") or []}
+    choice = payload.get("tool_choice") or {}
+    asked = headers.get("x-fake-tool-call")
+    name = choice.get("name") if choice.get("type") == "tool" else None
+    if choice.get("type") == "any" and tools:
+        name = next(iter(tools))
+    if name is None and asked in tools and choice.get("type") != "none":
+        blocks.append({"type": "text", "text": f"I will call {asked}."})
+        name = asked
+    if name is None:
+        return [*blocks, {"type": "text", "text": text}]
+    schema = tools[name].get("input_schema") or {}
+    return [*blocks, {"type": "tool_use", "id": _new_id("toolu_"), "name": name, "input": _anthropic_input(schema)}]
+
+
+def _anthropic_input(schema: dict) -> dict[str, Any]:
+    """Return a deterministic tool input filling the schema's required properties."""
+    samples = {"string": "fake", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    properties = schema.get("properties") or {}
+    result: dict[str, Any] = {}
+    for name in schema.get("required") or []:
+        spec = properties.get(name) or {}
+        result[name] = spec["enum"][0] if spec.get("enum") else samples.get(str(spec.get("type")), "fake")
+    return result
 
 
 def _sse_named(name: str, obj: Any) -> bytes:
@@ -389,29 +575,65 @@ def _sse_named(name: str, obj: Any) -> bytes:
     return f"event: {name}\n".encode() + _sse_data(obj)
 
 
-def _anthropic_stream(ctx: _Context, model: str, input_tokens: int) -> _Answer:
-    """Answer a streamed message with Anthropic's event sequence."""
+def _anthropic_stream(ctx: _Context, model: str, input_tokens: int, payload: dict) -> _Answer:
+    """Answer a streamed message with Anthropic's event sequence.
+
+    ``x-fake-stream-error: overloaded`` ends the stream with an `error` event after the first delta.
+    """
     count = ctx.controls.events
+    stamped = _flag(ctx.request.headers, "x-fake-stamp")
+    piece_of = (lambda i: STAMP) if stamped else (lambda i: _STREAM_PIECES[i % len(_STREAM_PIECES)])
+    text = "".join(piece_of(index) for index in range(count))
+    blocks = _anthropic_blocks(payload, ctx.request.headers, text)
     message: dict[str, Any] = {
         "id": _new_id("msg_"), "type": "message", "role": "assistant", "content": [], "model": model,
         "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1},
     }
-    events = [
-        _sse_named("message_start", {"type": "message_start", "message": message}),
-        _sse_named("content_block_start",
-                   {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-    ]
-    for index in range(count):
-        delta = {"type": "text_delta", "text": _STREAM_PIECES[index % len(_STREAM_PIECES)]}
-        events.append(_sse_named("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
+    events = [_sse_named("message_start", {"type": "message_start", "message": message})]
+    for index, block in enumerate(blocks):
+        pieces = [piece_of(i) for i in range(count)] if block.get("text") == text else None
+        events += _anthropic_block_events(index, block, pieces)
+    broken = ctx.request.headers.get("x-fake-stream-error")
+    if broken:
+        kind, said = ("overloaded_error", "Overloaded") if broken == "overloaded" else ("api_error", "Internal error")
+        events = events[:3] + [_sse_named("error", {"type": "error", "error": {"type": kind, "message": said}})]
+        return _sse_answer(events, ctx.controls.interval_ms / 1000, ctx.wait)
+    stop_reason = "tool_use" if blocks[-1]["type"] == "tool_use" else "end_turn"
+    output_tokens = count if stop_reason == "end_turn" and len(blocks) == 1 else _token_estimate(blocks)
     events += [
-        _sse_named("content_block_stop", {"type": "content_block_stop", "index": 0}),
         _sse_named("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": count}}),
+                                     "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                                     "usage": {"output_tokens": output_tokens}}),
         _sse_named("message_stop", {"type": "message_stop"}),
     ]
     return _sse_answer(events, ctx.controls.interval_ms / 1000, ctx.wait)
+
+
+def _anthropic_block_events(index: int, block: dict[str, Any], pieces: list[str] | None) -> list[bytes]:
+    """Return the start, delta and stop events of one streamed content block."""
+    kind = block["type"]
+    if kind == "text":
+        start: dict[str, Any] = {"type": "text", "text": ""}
+        texts = pieces if pieces is not None else [block["text"]]
+        deltas = [{"type": "text_delta", "text": piece} for piece in texts]
+    elif kind == "thinking":
+        start = {"type": "thinking", "thinking": "", "signature": ""}
+        half = len(block["thinking"]) // 2
+        deltas = [{"type": "thinking_delta", "thinking": part} for part in (block["thinking"][:half],
+                                                                            block["thinking"][half:])]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    else:  # tool_use: the input arrives as pieces of JSON text, the first one empty as Anthropic sends it
+        start = {**block, "input": {}}
+        arguments = json.dumps(block["input"])
+        third = max(1, len(arguments) // 3)
+        parts = [arguments[:third], arguments[third:2 * third], arguments[2 * third:]]
+        deltas = [{"type": "input_json_delta", "partial_json": part} for part in ["", *filter(None, parts)]]
+    events = [_sse_named("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": start})]
+    events += [_sse_named("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+               for delta in deltas]
+    events.append(_sse_named("content_block_stop", {"type": "content_block_stop", "index": index}))
+    return events
 
 
 def _cohere_rerank(ctx: _Context) -> _Answer:

@@ -184,6 +184,16 @@ def test_anthropic_stream_event_sequence(fake: FakeProvider) -> None:
         assert json.loads(event["data"])["type"] == event["event"]
 
 
+def test_anthropic_stream_stamps_each_text_delta_with_its_send_time(fake: FakeProvider) -> None:
+    headers = {**ANTHROPIC_AUTH, "x-fake-events": "3", "x-fake-event-interval-ms": "30", "x-fake-stamp": "1"}
+    before = time.time()
+    response = requests.post(f"{fake.url}/messages", json={**MESSAGE, "stream": True}, headers=headers)
+    stamps = [float(json.loads(event["data"])["delta"]["text"]) for event in sse_events(response.text)
+              if event["event"] == "content_block_delta"]
+    assert len(stamps) == 3
+    assert before <= stamps[0] and all(b - a >= 0.025 for a, b in pairwise(stamps))
+
+
 # --------------------------------------------------------------------------- Cohere
 
 
