@@ -43,7 +43,8 @@ class Provider:
             return f"https://{resource}.openai.azure.com/openai"
         if self.slug == "vertex-ai":
             region = _required(options, "vertex_region", "x-portkey-vertex-region", self.slug)
-            return f"https://{region}-aiplatform.googleapis.com"
+            # The global endpoint has no region prefix.
+            return "https://aiplatform.googleapis.com" if region == "global" else f"https://{region}-aiplatform.googleapis.com"
         if self.slug == "bedrock":
             region = _required(options, "aws_region", "x-portkey-aws-region", self.slug)
             return f"https://bedrock-runtime.{region}.amazonaws.com"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from typing import Any, Protocol
 
 from app.translate.base import CallFacts
@@ -68,13 +70,20 @@ class OpenAIFront:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
+        self.base64 = False  # embeddings asked for as base64 (the openai SDK's default)
 
     def request(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Return the body unchanged."""
+        """Return the body unchanged (noting whether embeddings are wanted as base64)."""
+        self.base64 = body.get("encoding_format") == "base64"
         return body
 
     def response(self, unified: dict[str, Any], facts: CallFacts) -> dict[str, Any]:
-        """Return the answer unchanged."""
+        """Return the answer unchanged, but for float embeddings asked for as base64: encoded the way OpenAI does."""
+        data = unified.get("data") if self.base64 else None
+        for item in data if isinstance(data, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("embedding"), list):
+                vector = item["embedding"]
+                item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         return unified
 
     def stream(self, facts: CallFacts) -> StreamWriter:

@@ -182,3 +182,10 @@ def test_translator_maps_an_upstream_error_answer() -> None:
     assert json.loads(answer.first_chunk) == {"error": {"message": "fakeprov error: slow down",
                                                         "type": "rate_limit_error", "param": None, "code": None},
                                               "provider": "fakeprov"}
+
+
+@pytest.mark.parametrize(("region", "base"), [("us-central1", "https://us-central1-aiplatform.googleapis.com"),
+                                               ("global", "https://aiplatform.googleapis.com")])
+def test_vertex_base_url_follows_the_region(region: str, base: str) -> None:
+    from app.providers.registry import get_provider
+    assert get_provider("vertex-ai").base_for({"vertex_region": region}) == base
