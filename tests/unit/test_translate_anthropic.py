@@ -12,7 +12,9 @@ import requests
 
 from app.errors import BadRequest
 from app.pipeline.answer import Answer
-from app.translate.anthropic import CHAT, DEFAULT_MAX_TOKENS, AnthropicChunks
+from app.translate.anthropic import CHAT
+from app.translate.anthropic.request import DEFAULT_MAX_TOKENS
+from app.translate.anthropic.stream import AnthropicChunks
 from app.translate.base import CallFacts, UpstreamBroke
 from app.translate.call import StreamTransform, Translator
 from app.translate.errors import unified_error

@@ -1,8 +1,4 @@
-"""OpenAI chat completions to and from Anthropic's Messages API: the `anthropic` adapter of /v1/chat/completions.
-
-The per-parameter choices (kept, mapped, dropped with a warning, refused) are written down in
-docs/translation/anthropic.md; keep the two in step.
-"""
+"""OpenAI chat bodies to Messages API bodies: the request half of the `anthropic` adapter."""
 
 from __future__ import annotations
 
@@ -11,14 +7,10 @@ import logging
 from typing import Any
 
 from app.errors import BadRequest
-from app.translate import shape
-from app.translate.base import CallFacts, NativeRequest, UpstreamBroke
-from app.translate.errors import event_error
-from app.translate.sse import SSEReader, json_data
+from app.translate.base import CallFacts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # the package's name, as before the split into modules
 
-PROVIDER = "anthropic"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often send none
 _KEPT = ("temperature", "top_p", "top_k", "thinking")  # same name and meaning on both sides
 # Read by the translation below: everything else is dropped with a warning.
@@ -26,29 +18,6 @@ _HANDLED = frozenset({*_KEPT, "model", "messages", "max_tokens", "max_completion
                       "stop", "user", "n", "tools", "functions", "tool_choice", "function_call", "parallel_tool_calls",
                       "response_format", "modalities", "audio"})
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_FINISH = {"end_turn": shape.STOP, "stop_sequence": shape.STOP, "pause_turn": shape.STOP,
-           "max_tokens": shape.LENGTH, "model_context_window_exceeded": shape.LENGTH,
-           "tool_use": shape.TOOL_CALLS, "refusal": shape.CONTENT_FILTER}
-_PLAIN = ("text", "tool_use")  # the blocks the OpenAI shape has a place for; any other is an extra
-
-
-class AnthropicChat:
-    """Translates OpenAI chat bodies to Messages API bodies and Messages answers back."""
-
-    def request(self, body: dict[str, Any], facts: CallFacts) -> NativeRequest:
-        """Return the Messages API request for an OpenAI chat body."""
-        return NativeRequest("/messages", native_body(body, facts))
-
-    def response(self, native: Any, facts: CallFacts) -> dict[str, Any]:
-        """Return the OpenAI `chat.completion` for a Messages API answer."""
-        return completion(native if isinstance(native, dict) else {}, facts)
-
-    def stream(self, facts: CallFacts) -> AnthropicChunks:
-        """Return a parser of one Messages API event stream."""
-        return AnthropicChunks(facts)
-
-
-# --------------------------------------------------------------------------- request
 
 
 def native_body(body: dict[str, Any], facts: CallFacts) -> dict[str, Any]:
@@ -359,146 +328,3 @@ def _output_format(response_format: Any) -> dict[str, Any] | None:
         raise BadRequest("response_format: json_object has no anthropic equivalent; send a json_schema "
                          "response_format (anthropic's structured outputs) instead")
     raise BadRequest(f"response_format.type {kind!r} is not one of text, json_schema")
-
-
-# --------------------------------------------------------------------------- answer
-
-
-def completion(native: dict[str, Any], facts: CallFacts) -> dict[str, Any]:
-    """Return the OpenAI `chat.completion` for a Messages API answer."""
-    blocks = [block for block in native.get("content") or [] if isinstance(block, dict)]
-    texts = [block.get("text") or "" for block in blocks if block.get("type") == "text"]
-    calls = [shape.tool_call(str(block.get("id", "")), str(block.get("name", "")), _arguments(block.get("input")))
-             for block in blocks if block.get("type") == "tool_use"]
-    message = shape.message("".join(texts) if texts or not calls else None, calls)
-    if not facts.strict and any(block.get("type") not in _PLAIN for block in blocks):
-        # Thinking (and other extras) ride along in Anthropic's order, so a client can hand them back.
-        message["content_blocks"] = [block for block in blocks if block.get("type") != "tool_use"]
-    return shape.completion(facts, message, finish_reason(native.get("stop_reason")), usage(native.get("usage")),
-                            id_=_text(native.get("id")), model=_text(native.get("model")))
-
-
-def finish_reason(stop_reason: Any) -> str | None:
-    """Return the OpenAI finish reason for an Anthropic stop reason."""
-    if stop_reason is None:
-        return None
-    return _FINISH.get(str(stop_reason), shape.STOP)
-
-
-def usage(raw: Any) -> dict[str, Any] | None:
-    """Return OpenAI usage for Anthropic's: prompt_tokens counts cache reads and writes too."""
-    if not isinstance(raw, dict):
-        return None
-    read, written = _count(raw.get("cache_read_input_tokens")), _count(raw.get("cache_creation_input_tokens"))
-    inputs, outputs = _count(raw.get("input_tokens")), _count(raw.get("output_tokens"))
-    if inputs is None and outputs is None:
-        return None
-    details = raw.get("output_tokens_details")
-    thinking = _count(details.get("thinking_tokens")) if isinstance(details, dict) else None
-    return shape.usage((inputs or 0) + (read or 0) + (written or 0), outputs, cached_tokens=read,
-                       cache_creation_input_tokens=written,
-                       completion_tokens_details=None if thinking is None else {"reasoning_tokens": thinking})
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _arguments(value: Any) -> str:
-    return json.dumps(value if value is not None else {}, ensure_ascii=False)
-
-
-# --------------------------------------------------------------------------- stream
-
-
-class AnthropicChunks:
-    """Reads a Messages API event stream into OpenAI chunks, one event at a time."""
-
-    def __init__(self, facts: CallFacts) -> None:
-        self.facts = facts
-        self.events = SSEReader()
-        self.id: str | None = None
-        self.model: str | None = None
-        self.calls: dict[Any, int] = {}  # content block index → tool call index
-        self.counts: dict[str, Any] = {}  # the usage so far (message_delta counts are cumulative)
-        self.stopped = False
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        """Return the chunks these bytes complete."""
-        return self._chunks(self.events.feed(data))
-
-    def finish(self) -> list[dict[str, Any]]:
-        """Return what a last event completes; a stream cut before message_stop is an error, not an end."""
-        chunks = self._chunks(self.events.finish())
-        if not self.stopped:
-            raise UpstreamBroke({"message": f"{PROVIDER} error: the stream ended before message_stop",
-                                 "type": "api_error", "param": None, "code": None})
-        return chunks
-
-    def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        chunks: list[dict[str, Any]] = []
-        for name, text in events:
-            payload = json_data(text)
-            if isinstance(payload, dict):
-                chunks += self._event(str(payload.get("type") or name), payload)
-        return chunks
-
-    def _event(self, kind: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        if kind == "message_start":
-            message = payload.get("message") or {}
-            self.id, self.model = _text(message.get("id")), _text(message.get("model"))
-            self._count(message.get("usage"))
-            return [self._chunk({"role": "assistant", "content": ""})]
-        if kind == "content_block_start":
-            return self._block_start(payload.get("index"), payload.get("content_block") or {})
-        if kind == "content_block_delta":
-            return self._block_delta(payload.get("index"), payload.get("delta") or {})
-        if kind == "message_delta":
-            self._count(payload.get("usage"))
-            reason = (payload.get("delta") or {}).get("stop_reason")
-            return [self._chunk({}, finish_reason(reason))] if reason is not None else []
-        if kind == "message_stop":
-            self.stopped = True
-            counted = usage(self.counts)
-            return [shape.usage_chunk(self.facts, counted, id_=self.id, model=self.model)] if counted else []
-        if kind == "error":
-            raise UpstreamBroke(event_error(PROVIDER, payload))
-        return []  # ping, content_block_stop, and event types added later
-
-    def _block_start(self, index: Any, block: dict[str, Any]) -> list[dict[str, Any]]:
-        kind = block.get("type")
-        if kind == "text":
-            return [self._chunk({"content": block["text"]})] if block.get("text") else []
-        if kind == "tool_use":
-            self.calls[index] = position = len(self.calls)
-            call = shape.tool_call(str(block.get("id", "")), str(block.get("name", "")), "", index=position)
-            return [self._chunk({"tool_calls": [call]})]
-        return self._extra({"index": index, **block})
-
-    def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[dict[str, Any]]:
-        kind = delta.get("type")
-        if kind == "text_delta":
-            return [self._chunk({"content": delta.get("text", "")})] if delta.get("text") else []
-        if kind == "input_json_delta":
-            piece = delta.get("partial_json")
-            if not piece or index not in self.calls:
-                return []
-            return [self._chunk({"tool_calls": [{"index": self.calls[index], "function": {"arguments": piece}}]})]
-        return self._extra({"index": index, "delta": delta})  # thinking_delta, signature_delta, citations_delta
-
-    def _extra(self, entry: dict[str, Any]) -> list[dict[str, Any]]:
-        return [] if self.facts.strict else [self._chunk({"content_blocks": [entry]})]
-
-    def _count(self, raw: Any) -> None:
-        if isinstance(raw, dict):
-            self.counts.update({name: value for name, value in raw.items() if value is not None})
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return shape.chunk(self.facts, delta, finish, id_=self.id, model=self.model)
-
-
-CHAT = AnthropicChat()

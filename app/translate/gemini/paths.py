@@ -1,0 +1,56 @@
+"""Where a model lives: the Gemini API's and Vertex AI's paths, and which file URLs each fetches itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from app.errors import BadRequest
+from app.translate.base import CallFacts
+
+
+@dataclass(frozen=True)
+class Site:
+    """One of Google's two homes for Gemini: the model's path and which file URLs it fetches itself."""
+
+    slug: str
+    vertex: bool
+
+    def model_path(self, facts: CallFacts) -> str:
+        """Return the path of the call's model, without the `:method` suffix."""
+        model = facts.model
+        if not isinstance(model, str) or not model.strip():
+            raise BadRequest(f"{self.slug} needs a model: set `model` in the body")
+        model = model.strip()
+        if not self.vertex:
+            if model.startswith("tunedModels/"):
+                return "/v1beta/tunedModels/" + _segment(model.removeprefix("tunedModels/"))
+            return "/v1beta/models/" + _segment(model.removeprefix("models/"))
+        project = _option(facts, "vertex_project_id", "x-portkey-vertex-project-id")
+        region = _option(facts, "vertex_region", "x-portkey-vertex-region")
+        model = model.removeprefix("publishers/google/models/").removeprefix("models/")
+        return (f"/v1/projects/{_segment(project)}/locations/{_segment(region)}"
+                f"/publishers/google/models/{_segment(model)}")
+
+    def file_uri(self, url: str) -> bool:
+        """Return whether a URL may go as fileData (fetched by Google) rather than inline bytes."""
+        scheme = url.split(":", 1)[0].lower()
+        # The Gemini API fetches http(s) URLs (public or signed) and its own Files API URIs; Cloud Storage
+        # objects must be registered with its Files API first. Vertex reads gs:// and http(s) URLs directly.
+        return scheme in ("http", "https") or (self.vertex and scheme == "gs")
+
+
+GEMINI_API = Site("google", vertex=False)
+VERTEX = Site("vertex-ai", vertex=True)
+
+
+def _segment(value: str) -> str:
+    # Quote everything but `@` (Vertex model versions) so a model name cannot climb or add to the path.
+    return quote(value, safe="@")
+
+
+def _option(facts: CallFacts, name: str, header: str) -> str:
+    value = facts.options.get(name)
+    if not value:
+        raise BadRequest(f"vertex-ai needs {name}: send the {header} header or set it in the catalog entry")
+    return value
