@@ -77,3 +77,9 @@ class UpstreamBroke(Exception):
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(str(error.get("message")))
         self.error = error
+
+    @classmethod
+    def cut(cls, provider: str, missing: str) -> UpstreamBroke:
+        """Return the failure of a stream that ended before its last event (`missing`): cut, not finished."""
+        return cls({"message": f"{provider} error: the stream ended before {missing}", "type": "api_error",
+                    "param": None, "code": None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.errors import BadRequest
 from app.translate.base import CallFacts
 
 # The finish reasons a unified answer may carry (SPEC 7).
@@ -106,3 +107,25 @@ def text_of(content: Any) -> str:
         return "".join(part.get("text", "") for part in content
                        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
     return str(content)
+
+
+def max_tokens(body: dict[str, Any]) -> int | None:
+    """Return the answer's token limit: max_completion_tokens, else max_tokens (the newer name wins, as at OpenAI)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadRequest(f"{name} must be a non-negative integer")
+            return value
+    return None
+
+
+def stop_sequences(body: dict[str, Any]) -> list[str]:
+    """Return `stop` as a list of strings (it may be one string)."""
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(item, str) for item in stops):
+        raise BadRequest("stop must be a string or a list of strings")
+    return stops

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from app.errors import BadRequest
+from app.translate import shape
 from app.translate.base import CallFacts
 
 log = logging.getLogger(__package__)  # the package's name, as before the split into modules
@@ -27,12 +28,14 @@ def native_body(body: dict[str, Any], facts: CallFacts) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list")
     system, turns = _conversation(messages)
-    result: dict[str, Any] = {"model": _model(body, facts), "max_tokens": _max_tokens(body)}
+    limit = shape.max_tokens(body)
+    result: dict[str, Any] = {"model": _model(body, facts),
+                              "max_tokens": DEFAULT_MAX_TOKENS if limit is None else limit}
     if system:
         result["system"] = system[0]["text"] if len(system) == 1 and set(system[0]) == {"type", "text"} else system
     result["messages"] = turns
     result.update({name: body[name] for name in _KEPT if body.get(name) is not None})
-    stops = _stops(body.get("stop"))
+    stops = shape.stop_sequences(body)
     if stops:
         result["stop_sequences"] = stops
     if isinstance(body.get("user"), str) and body["user"]:
@@ -67,25 +70,6 @@ def _model(body: dict[str, Any], facts: CallFacts) -> str:
     if not isinstance(model, str) or not model:
         raise BadRequest("model: anthropic needs a model name")
     return model
-
-
-def _max_tokens(body: dict[str, Any]) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):  # the newer name wins, as at OpenAI
-        value = body.get(name)
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BadRequest(f"{name} must be a non-negative integer")
-            return value
-    return DEFAULT_MAX_TOKENS
-
-
-def _stops(stop: Any) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(item, str) for item in stops):
-        raise BadRequest("stop must be a string or a list of strings")
-    return stops
 
 
 def _conversation(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

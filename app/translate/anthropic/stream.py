@@ -33,8 +33,7 @@ class AnthropicChunks:
         """Return what a last event completes; a stream cut before message_stop is an error, not an end."""
         chunks = self._chunks(self.events.finish())
         if not self.stopped:
-            raise UpstreamBroke({"message": f"{PROVIDER} error: the stream ended before message_stop",
-                                 "type": "api_error", "param": None, "code": None})
+            raise UpstreamBroke.cut(PROVIDER, "message_stop")
         return chunks
 
     def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:

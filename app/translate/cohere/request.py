@@ -76,15 +76,12 @@ def _sampling(body: dict[str, Any], native: dict[str, Any]) -> None:
         native["p"] = min(max(top_p, _P_MIN), _P_MAX) if _number(top_p) else top_p
     if body.get("top_k") is not None:
         native["k"] = body["top_k"]
-    limit = body.get("max_completion_tokens")
-    limit = body.get("max_tokens") if limit is None else limit
+    limit = shape.max_tokens(body)
     if limit is not None:
         native["max_tokens"] = limit
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        native["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        native["stop_sequences"] = stop
+    stops = shape.stop_sequences(body)
+    if stops:
+        native["stop_sequences"] = stops
 
 
 def _silent_chat(body: dict[str, Any]) -> set[str]:

@@ -31,8 +31,7 @@ class CohereChunks:
         """Return what a last unterminated event completes; a stream cut before message-end is a failure."""
         chunks = self._chunks(self.events.finish())
         if not self.ended:
-            raise UpstreamBroke({"message": "cohere error: the stream ended before message-end",
-                                 "type": "api_error", "param": None, "code": None})
+            raise UpstreamBroke.cut("cohere", "message-end")
         return chunks
 
     def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -177,15 +177,12 @@ def _generation_config(body: dict[str, Any], slug: str) -> dict[str, Any]:
                            ("n", "candidateCount")):
         if body.get(source) is not None:
             config[target] = body[source]
-    limit = body.get("max_completion_tokens")
-    limit = body.get("max_tokens") if limit is None else limit
+    limit = shape.max_tokens(body)
     if limit is not None:
         config["maxOutputTokens"] = limit
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        config["stopSequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        config["stopSequences"] = stop
+    stops = shape.stop_sequences(body)
+    if stops:
+        config["stopSequences"] = stops
     config.update(_response_format(body.get("response_format"), slug))
     return config
 

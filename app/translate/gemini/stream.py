@@ -32,8 +32,7 @@ class GeminiChunks:
         chunks = self._chunks(self.events.finish())
         if not self.finished or self.started - self.finished:
             # Google ends every stream with a finishReason: without one the answer was cut short.
-            raise UpstreamBroke({"message": f"{self.facts.provider} error: the stream ended before its finishReason",
-                                 "type": "api_error", "param": None, "code": None})
+            raise UpstreamBroke.cut(self.facts.provider, "its finishReason")
         if self.usage is not None:
             chunks.append(shape.usage_chunk(self.facts, self.usage, model=self.model))
         return chunks
