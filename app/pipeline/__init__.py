@@ -40,6 +40,8 @@ class Gateway:
     def close(self) -> None:
         """Flush and stop what runs in the background (the request-log writer, the cache client)."""
         access_lines.flush()
+        if self.observer.metrics is not None:
+            self.observer.metrics.flush()
         if self.log_store is not None:
             self.log_store.close()
         self.cache.close()

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import (
+    LATENCY_BUCKETS,
     MULTIPROC_ENV,
     GatewayMetrics,
     get_metrics,
@@ -300,6 +302,7 @@ MASTER = textwrap.dedent("""
                 m.call_started()
                 m.call_finished(route="proxy", provider="openai", status=200, latency_s=0.01, upstream_s=0.005)
             m.call_started()
+            m.flush()  # as the flusher thread does every 0.25 s; a worker killed sooner loses its last calls
             os._exit(0)
         children.append(pid)
     for pid in children:
@@ -328,3 +331,34 @@ def test_gunicorn_like_master_and_forked_workers() -> None:
     assert value(after, "portico_in_flight_requests") in (0, None)
     assert not os.path.exists(out["path"])  # the master removed its temp dir at exit
 
+
+
+def test_calls_reach_the_values_in_batches_identical_to_one_by_one(single: GatewayMetrics) -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    latencies = [0.001, 0.005, 0.0051, 0.3, 0.3, 7.0, 500.0, 0.0]
+    for latency in latencies:
+        finished(single, latency_s=latency, upstream_s=None, cache_status="HIT")
+    s = parse(single.render()[0])  # /metrics applies what is queued first
+    assert not single._pending
+
+    reference = Histogram("ref", "one by one", buckets=LATENCY_BUCKETS, registry=CollectorRegistry())
+    for latency in latencies:
+        reference.observe(latency)
+    expected = {sample.labels["le"]: sample.value for sample in reference.collect()[0].samples
+                if sample.name == "ref_bucket"}
+    labels = {"route": "unified", "provider": "openai"}
+    for le, count in expected.items():
+        assert value(s, "portico_request_duration_seconds_bucket", **labels, le=le) == count
+    assert value(s, "portico_request_duration_seconds_sum", **labels) == pytest.approx(sum(latencies))
+    assert value(s, "portico_cache_results_total", **labels, status="HIT") == len(latencies)
+    assert value(s, "portico_in_flight_requests") == 0
+
+
+def test_the_flusher_applies_queued_calls_without_a_scrape(single: GatewayMetrics) -> None:
+    single.call_started()
+    deadline = time.monotonic() + 5
+    while single._pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not single._pending
+    assert single.in_flight._value.get() == 1

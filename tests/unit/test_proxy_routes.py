@@ -307,14 +307,20 @@ def test_unified_beats_proxy_in_the_url_map(app) -> None:
     assert adapter.match("/v1/files/abc", method="DELETE")[0] == "unified.retrieveFile"
 
 
-def test_generated_trace_ids_are_unique_uuid4s() -> None:
+def test_generated_trace_ids_are_unique_time_ordered_uuid7s() -> None:
     import os
+    import time
     import uuid
 
     from app.pipeline.inbound import new_trace_id
-    ids = {new_trace_id() for _ in range(10_000)}
+    before = time.time_ns() // 1_000_000
+    ordered = [new_trace_id() for _ in range(10_000)]
+    ids = set(ordered)
     assert len(ids) == 10_000
-    assert all(uuid.UUID(i).version == 4 for i in list(ids)[:100])
+    parsed = [uuid.UUID(i) for i in ordered]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    stamps = [u.int >> 80 for u in parsed]  # unix ms in the first 48 bits
+    assert stamps == sorted(stamps) and before <= stamps[0] <= stamps[-1] <= time.time_ns() // 1_000_000
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # a forked worker must not repeat its parent's ids
