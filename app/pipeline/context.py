@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from app.config.models import Target as ConfigTarget
@@ -39,7 +40,6 @@ class RequestContext:
     path: str
     query: str
     headers: Mapping[str, str]
-    header_items: list[tuple[str, str]]
     route: str
     endpoint: str | None = None
     unified_format: str | None = None
@@ -72,6 +72,11 @@ class RequestContext:
         if self.path.startswith("/v1/proxy/") or self.path == "/v1/proxy":
             return self.path[len("/v1/proxy"):]
         return self.path[len("/v1"):]
+
+    @cached_property
+    def header_items(self) -> list[tuple[str, str]]:
+        """Return the request headers in order, repeats kept (read only by the proxy and hooks, so only then)."""
+        return list(self.headers.items())
 
     def body_json(self) -> Any:
         """Return the request body parsed as JSON (once), or None when it is not a JSON body."""

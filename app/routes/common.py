@@ -28,9 +28,8 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     """Handle one gateway call on any route."""
     environ = request.environ
     ctx = RequestContext(method=request.method, path=raw_path(environ), query=environ.get("QUERY_STRING", ""),
-                         headers=cast(Mapping[str, str], request.headers),
-                         header_items=list(request.headers.items()), route=route,
-                         endpoint=endpoint, unified_format=unified_format)
+                         headers=cast(Mapping[str, str], request.headers), route=route, endpoint=endpoint,
+                         unified_format=unified_format)
     g.ctx = ctx
     assign_trace_id(ctx)
     gateway().observer.started(ctx)

@@ -13,7 +13,7 @@ from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after
 
 
 def ctx() -> RequestContext:
-    context = RequestContext(method="POST", path="/v1/chat/completions", query="", headers={}, header_items=[],
+    context = RequestContext(method="POST", path="/v1/chat/completions", query="", headers={},
                              route="unified", endpoint="chatComplete", unified_format="openai")
     context.hook_results = {"before_request_hooks": [{"id": "h", "verdict": False}]}
     return context
