@@ -56,6 +56,16 @@ path = "{workdir}/logs.sqlite"
 provider = "openai"
 api_key = "demo-openai-secret"
 custom_host = "{fake_url}/v1"
+
+[catalog.anthropic-demo]
+provider = "anthropic"
+api_key = "demo-anthropic-secret"
+custom_host = "{fake_url}/v1"
+
+[catalog.gemini-demo]
+provider = "google"
+api_key = "demo-gemini-secret"
+custom_host = "{fake_url}"
 """
 
 
@@ -83,15 +93,32 @@ def run_calls(gateway: str) -> None:
                                                            headers=headers, json={"name": "my-collection"}))
     show("DELETE /v1/collections/my-collection", requests.delete(f"{gateway}/v1/collections/my-collection",
                                                                  headers=headers))
-    print("\n=== POST /v1/chat/completions, streamed (events printed as they arrive)")
+    chat = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "Say hello"}]}
+    show("POST /v1/chat/completions (OpenAI format) to @anthropic-demo: translated both ways", requests.post(
+        f"{gateway}/v1/chat/completions", headers={"x-portkey-api-key": DEMO_KEY,
+                                                  "x-portkey-provider": "@anthropic-demo"}, json=chat))
+    show("POST /v1/chat/completions to @gemini-demo: translated to generateContent", requests.post(
+        f"{gateway}/v1/chat/completions", headers={"x-portkey-api-key": DEMO_KEY, "x-portkey-provider": "@gemini-demo"},
+        json={**chat, "model": "gemini-2.5-flash"}))
+    show("POST /v1/messages (Anthropic format) to @openai-demo: bridged through the unified chat", requests.post(
+        f"{gateway}/v1/messages", headers={"x-portkey-api-key": DEMO_KEY, "x-portkey-provider": "@openai-demo"},
+        json={**chat, "model": "gpt-4o-mini"}))
+    stream("POST /v1/chat/completions, streamed (events printed as they arrive)", gateway, "@openai-demo",
+           {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "Say hello"}]})
+    stream("POST /v1/chat/completions to @anthropic-demo, streamed: Anthropic events become OpenAI chunks", gateway,
+           "@anthropic-demo", {**chat, "stream": True})
+
+
+def stream(title: str, gateway: str, provider: str, body: dict[str, object]) -> None:
+    """Print a streamed call's events as they arrive."""
+    print(f"\n=== {title}")
     start = time.monotonic()
     with requests.post(f"{gateway}/v1/chat/completions", stream=True,
-                       headers={"x-portkey-api-key": DEMO_KEY, "x-portkey-provider": "@openai-demo",
+                       headers={"x-portkey-api-key": DEMO_KEY, "x-portkey-provider": provider,
                                 # ask the fake provider to pace its events, so the relay is visible
                                 "x-fake-event-interval-ms": "150", "x-fake-events": "4",
                                 "x-portkey-forward-headers": "x-fake-event-interval-ms, x-fake-events"},
-                       json={"model": "gpt-4o-mini", "stream": True,
-                             "messages": [{"role": "user", "content": "Say hello"}]}) as res:
+                       json=body) as res:
         print(f"HTTP {res.status_code}  provider={res.headers.get('x-portkey-provider')}")
         for line in res.iter_lines():
             if line:
