@@ -8,7 +8,7 @@ import zlib
 from dataclasses import replace
 from typing import Any
 
-from app.errors import BadRequest, UpstreamUnreachable
+from app.errors import BadRequest, GatewayError, UpstreamUnreachable
 from app.http.body import Body
 from app.pipeline.answer import Answer
 from app.translate.base import CallFacts, ChunkParser, NativeRequest, UpstreamBroke
@@ -59,9 +59,15 @@ class Translator:
         except ValueError:
             raise UpstreamUnreachable(f"{self.facts.provider} answered {answer.status} with a body that is not "
                                       "JSON; it could not be translated") from None
-        unified = self.adapter.response(native, self.facts)
-        return Answer.whole(answer.status, dumps(self.front.response(unified, self.facts)), headers + [_JSON],
-                            answer.reason)
+        try:
+            translated = self.front.response(self.adapter.response(native, self.facts), self.facts)
+        except GatewayError:
+            raise
+        except Exception:  # noqa: BLE001 - an answer we cannot read is the upstream's failure, not a 500
+            log.exception("could not translate the %s answer", self.facts.provider)
+            raise UpstreamUnreachable(f"{self.facts.provider} answered {answer.status} with a body that could not "
+                                      "be translated") from None
+        return Answer.whole(answer.status, dumps(translated), headers + [_JSON], answer.reason)
 
     def _whole(self, answer: Answer, limit: int) -> bytes:
         if not answer.read_all(limit):
