@@ -16,8 +16,9 @@ if TYPE_CHECKING:  # the pipeline imports this module; a runtime import would be
     from app.pipeline.context import RequestContext
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds a new encoder per call
-_SECRET_QUERY = re.compile(r"(?i)((?:^|&)(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&]*")
-_BEARER = re.compile(r"(?i)(bearer\s+|sk-[a-z]*-?)[A-Za-z0-9._~+/=-]{4,}")
+_SECRET_QUERY = re.compile(r"(?i)((?:^|[&?])(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&\s]*")
+# Bearer tokens, OpenAI/Anthropic-style sk- keys, Google API keys (AIza + 35 characters).
+_BEARER = re.compile(r"(?i)(bearer\s+|sk-[a-z]*-?|\bAIza)[A-Za-z0-9._~+/=-]{4,}")
 
 
 def redact(text: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from app.logs import redact
+
 # Provider error names → OpenAI error types (Gemini statuses, AWS exceptions, Cohere and Anthropic types).
 _TYPES = {
     "INVALID_ARGUMENT": "invalid_request_error", "FAILED_PRECONDITION": "invalid_request_error",
@@ -38,7 +40,8 @@ def unified_error(provider: str, status: int, raw: bytes, aws_type: str | None =
     error_type = mapped or _BY_STATUS.get(status, "api_error")
     if code is None and kind is not None and kind != error_type:
         code = kind  # keep the provider's own name where the client can still see it
-    return {"error": {"message": f"{provider} error: {message}"[:_MAX_MESSAGE], "type": error_type,
+    # A provider may quote the key it was sent (a catalog key the client never saw): secrets are masked.
+    return {"error": {"message": redact(f"{provider} error: {message}")[:_MAX_MESSAGE], "type": error_type,
                       "param": param, "code": None if code is None else str(code)},
             "provider": provider}
 
