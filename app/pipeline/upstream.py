@@ -77,7 +77,7 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
     if target.provider.auth == SIGV4:
-        aws.sign(prepared, target.options)
+        aws.authorize(prepared, target.options, target.credential)
     sent = time.perf_counter()
     if ctx.upstream_sent is None:
         ctx.upstream_sent = sent

@@ -31,6 +31,16 @@ _CREDENTIAL_HEADERS = (("aws_access_key_id", "x-portkey-aws-access-key-id"),
                        ("aws_secret_access_key", "x-portkey-aws-secret-access-key"))
 
 
+def authorize(prepared: requests.PreparedRequest, options: Mapping[str, str], api_key: str | None) -> None:
+    """Sign the request with the target's AWS keys; without keys, send its Bedrock API key as a Bearer token."""
+    if api_key and not api_key.startswith("AWS4-") and not any(options.get(name) for name, _ in _CREDENTIAL_HEADERS):
+        for name in _STALE:
+            prepared.headers.pop(name, None)
+        prepared.headers["Authorization"] = f"Bearer {api_key}"
+        return
+    sign(prepared, options)
+
+
 def sign(prepared: requests.PreparedRequest, options: Mapping[str, str]) -> None:
     """Sign the prepared request in place with the target's AWS credentials and region."""
     region = options.get("aws_region")
@@ -49,7 +59,7 @@ def credentials_from(options: Mapping[str, str]) -> Credentials:
         raise BadRequest("bedrock needs AWS credentials to sign the request: send the " + " and ".join(missing)
                          + " header" + ("s" if len(missing) > 1 else "") + " (and x-portkey-aws-session-token for "
                          "temporary credentials), or set aws_access_key_id and aws_secret_access_key in the "
-                         "catalog entry or config target")
+                         "catalog entry or config target; or send a Bedrock API key as Authorization: Bearer")
     return Credentials(options["aws_access_key_id"], options["aws_secret_access_key"],
                        options.get("aws_session_token") or None)
 

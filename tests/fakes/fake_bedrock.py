@@ -51,6 +51,7 @@ ACCESS_KEY = "AKIAPORTICOFAKE00001"
 SECRET_KEY = "fake/Secret+Key0123456789abcdefghijKLMN"
 TEMP_ACCESS_KEY = "ASIAPORTICOFAKE00002"
 TEMP_SECRET_KEY = "fake/Temporary+Secret0123456789abcdefgh"
+API_KEY = "ABSKQmVkcm9ja0FQSUtleS1mYWtl"  # a Bedrock API key: sent as Authorization: Bearer, instead of SigV4
 SESSION_TOKEN = "FwoGZXIvYXdzEFakeSessionToken//0123456789=="
 _KEYS = {ACCESS_KEY: (SECRET_KEY, None), TEMP_ACCESS_KEY: (TEMP_SECRET_KEY, SESSION_TOKEN)}
 SIGNATURE_MISMATCH = ("The request signature we calculated does not match the signature you provided. Check your "
@@ -129,6 +130,11 @@ def verify_signature(ctx: _Context) -> None:
     authorization = headers.get("authorization")
     if not authorization:
         raise _Refused(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+    if authorization.startswith("Bearer "):
+        if authorization[len("Bearer "):] != API_KEY:
+            raise _Refused(403, "UnrecognizedClientException", "Invalid API Key format: Must start with pre-defined "
+                           "prefix")
+        return
     found = _AUTHORIZATION.match(authorization)
     if found is None:
         raise _Refused(403, "IncompleteSignatureException", f"Authorization header requires 'Credential', "

@@ -261,3 +261,23 @@ def test_missing_credentials_on_the_proxy_are_a_400_before_any_call(client, fake
     assert "x-portkey-aws-access-key-id" in res.get_json()["message"]
     assert "TOP-SECRET-VALUE" not in res.get_data(as_text=True)
     assert fake.requests == []
+
+
+def test_a_bedrock_api_key_goes_as_a_bearer_token_instead_of_a_signature(client, fake: FakeProvider) -> None:
+    headers = gw_headers(x_portkey_provider="bedrock", x_portkey_custom_host=fake.url, x_portkey_aws_region="us-east-1",
+                         authorization=f"Bearer {fake_bedrock.API_KEY}")
+    body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    res = client.post("/v1/model/amazon.nova-lite-v1%3A0/converse", data=json.dumps(body),
+                      headers={**headers, "Content-Type": "application/json"})
+    assert res.status_code == 200, res.get_data(as_text=True)
+    sent = fake.requests[0].headers
+    assert sent["authorization"] == f"Bearer {fake_bedrock.API_KEY}" and "x-amz-date" not in sent
+
+
+def test_aws_keys_win_over_an_api_key_and_a_client_signature_is_not_a_key() -> None:
+    prepared = prepare("POST", URL, {}, Body(BODY), False)
+    aws.authorize(prepared, OPTIONS, "some-api-key")
+    assert prepared.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+    stale = prepare("POST", URL, {}, Body(BODY), False)
+    with pytest.raises(BadRequest, match="Bedrock API key"):
+        aws.authorize(stale, {"aws_region": "us-east-1"}, "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/x")

@@ -64,7 +64,8 @@ def test_provider_errors_take_the_unified_shape(status: int, raw: bytes, aws: st
 
 
 def test_a_key_quoted_in_a_provider_error_is_masked() -> None:
-    raw = (b'{"error":{"message":"Incorrect API key provided: sk-proj-abcdef1234567890. See ?key=AIzaSyD123456789abcdefghijklmnopqrstu '
+    raw = (b'{"error":{"message":"Incorrect API key provided: sk-proj-abcdef1234567890. '
+           b'See ?key=AIzaSyD123456789abcdefghijklmnopqrstu '
            b'and Bearer eyJhbGciOiJIUzI1NiJ9.payload; key AIzaSyA0987654321zyxwvutsrqponmlkjih invalid"}}')
     message = unified_error("p", 401, raw)["error"]["message"]
     for secret in ("abcdef1234567890", "D123456789abcdef", "eyJhbG", "A0987654321zyx"):
