@@ -28,7 +28,7 @@ ADAPTERS: dict[tuple[str, str], str] = {
     ("anthropic", CHAT): "app.translate.anthropic:CHAT",
     ("google", CHAT): "app.translate.gemini:GOOGLE_CHAT",
     ("google", EMBED): "app.translate.gemini:GOOGLE_EMBED",
-    ("vertex-ai", CHAT): "app.translate.gemini:VERTEX_CHAT",
+    ("vertex-ai", CHAT): "app.translate.vertex:CHAT",  # Gemini, or Claude by the model name
     ("vertex-ai", EMBED): "app.translate.gemini:VERTEX_EMBED",
     ("cohere", CHAT): "app.translate.cohere:CHAT",
     ("cohere", EMBED): "app.translate.cohere:EMBED",

@@ -14,7 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-MODULES = ("tests.fakes.fake_gemini", "tests.fakes.fake_cohere", "tests.fakes.fake_bedrock", "tests.fakes.fake_azure")
+MODULES = ("tests.fakes.fake_gemini", "tests.fakes.fake_cohere", "tests.fakes.fake_bedrock", "tests.fakes.fake_azure",
+           "tests.fakes.fake_vertex_anthropic")
 _ROUTES: list[tuple[str, re.Pattern[str], Callable[[Any, re.Match[str]], Any]]] = []
 _loaded = threading.Event()
 _lock = threading.Lock()

@@ -24,13 +24,10 @@ class Site:
         model = model.strip()
         if not self.vertex:
             if model.startswith("tunedModels/"):
-                return "/v1beta/tunedModels/" + _segment(model.removeprefix("tunedModels/"))
-            return "/v1beta/models/" + _segment(model.removeprefix("models/"))
-        project = _option(facts, "vertex_project_id", "x-portkey-vertex-project-id")
-        region = _option(facts, "vertex_region", "x-portkey-vertex-region")
+                return "/v1beta/tunedModels/" + segment(model.removeprefix("tunedModels/"))
+            return "/v1beta/models/" + segment(model.removeprefix("models/"))
         model = model.removeprefix("publishers/google/models/").removeprefix("models/")
-        return (f"/v1/projects/{_segment(project)}/locations/{_segment(region)}"
-                f"/publishers/google/models/{_segment(model)}")
+        return f"{vertex_location(facts)}/publishers/google/models/{segment(model)}"
 
     def file_uri(self, url: str) -> bool:
         """Return whether a URL may go as fileData (fetched by Google) rather than inline bytes."""
@@ -44,8 +41,15 @@ GEMINI_API = Site("google", vertex=False)
 VERTEX = Site("vertex-ai", vertex=True)
 
 
-def _segment(value: str) -> str:
-    # Quote everything but `@` (Vertex model versions) so a model name cannot climb or add to the path.
+def vertex_location(facts: CallFacts) -> str:
+    """Return `/v1/projects/<project>/locations/<region>` from the target's Vertex options."""
+    project = _option(facts, "vertex_project_id", "x-portkey-vertex-project-id")
+    region = _option(facts, "vertex_region", "x-portkey-vertex-region")
+    return f"/v1/projects/{segment(project)}/locations/{segment(region)}"
+
+
+def segment(value: str) -> str:
+    """Return a value quoted as one path segment (`@` kept for model versions): it cannot climb or add to the path."""
     return quote(value, safe="@")
 
 
