@@ -53,9 +53,11 @@ def user(text: str) -> dict[str, Any]:
 
 
 def test_the_registry_names_these_adapters() -> None:
+    from app.translate.vertex import CHAT as VERTEX_PUBLISHERS
+
     assert _load(ADAPTERS[("google", "chatComplete")]) is GOOGLE_CHAT
     assert _load(ADAPTERS[("google", "embed")]) is GOOGLE_EMBED
-    assert _load(ADAPTERS[("vertex-ai", "chatComplete")]) is VERTEX_CHAT
+    assert _load(ADAPTERS[("vertex-ai", "chatComplete")]) is VERTEX_PUBLISHERS  # Gemini, or Claude by model
     assert _load(ADAPTERS[("vertex-ai", "embed")]) is VERTEX_EMBED
 
 
