@@ -47,7 +47,7 @@ BEDROCK_TEXT = "Hello from fake bedrock"
 EVENTSTREAM = "application/vnd.amazon.eventstream"
 REGION = "us-east-1"
 # Long-term credentials, and temporary ones that need their session token.
-ACCESS_KEY = "AKIAPORTICOFAKE00001"
+ACCESS_KEY = "AKIDPORTICOFAKE00001"
 SECRET_KEY = "fake/Secret+Key0123456789abcdefghijKLMN"
 TEMP_ACCESS_KEY = "ASIAPORTICOFAKE00002"
 TEMP_SECRET_KEY = "fake/Temporary+Secret0123456789abcdefgh"
