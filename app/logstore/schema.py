@@ -56,6 +56,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS requests_provider ON requests (provider)",
         "CREATE INDEX IF NOT EXISTS requests_status ON requests (status)",
     ),
+    (
+        # Every index is written on every logged call. Filters on key, provider and status come with a time
+        # range or a newest-first LIMIT, which the ts index and the row order serve; these three cost more
+        # on the hot path (about 2 us and their pages at each checkpoint) than they saved a query.
+        "DROP INDEX IF EXISTS requests_key_name",
+        "DROP INDEX IF EXISTS requests_provider",
+        "DROP INDEX IF EXISTS requests_status",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -72,15 +72,37 @@ def raw_count(path: str) -> int:
 # -- schema and round trip ------------------------------------------------------------------------------
 
 
+def index_names(conn: sqlite3.Connection) -> set[str]:
+    """Return the names of the indexes created by the schema (not SQLite's own)."""
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+
+
 def test_schema_is_created_once_in_wal_with_version_and_indexes(db_path: str) -> None:
     LogStore(db_path).close()
     LogStore(db_path).close()  # a second opening of the same file changes nothing
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
-    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"requests_ts", "requests_trace_id", "requests_key_name", "requests_provider",
-            "requests_status"} <= indexes
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert index_names(conn) == {"requests_ts", "requests_trace_id"}
+    conn.close()
+
+
+def test_a_version_1_file_loses_its_low_cardinality_indexes_and_keeps_its_rows(db_path: str) -> None:
+    from app.logstore.schema import MIGRATIONS
+    Path(db_path).parent.mkdir()
+    conn = sqlite3.connect(db_path)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO requests (trace_id, ts, method, route, path, status, latency_ms) "
+                 "VALUES ('old', 1.0, 'POST', 'proxy', '/v1/x', 200, 1.0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    LogStore(db_path).close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert index_names(conn) == {"requests_ts", "requests_trace_id"}
+    assert conn.execute("SELECT trace_id FROM requests").fetchall() == [("old",)]
     conn.close()
 
 
