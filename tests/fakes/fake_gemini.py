@@ -297,6 +297,11 @@ def _generation(config: Any) -> None:
             raise _Refused(f"Invalid value at 'generation_config.{_snake(name)}' (TYPE_INT32), {config[name]!r}")
     if config.get("candidateCount", 1) < 1:
         raise _Refused("* GenerateContentRequest.generation_config.candidate_count: must be positive\n")
+    thinking = config.get("thinkingConfig")
+    if thinking is not None:
+        _unknown(thinking, {"thinkingBudget", "thinkingLevel", "includeThoughts"}, "generation_config.thinking_config")
+        if "thinkingBudget" in thinking and "thinkingLevel" in thinking:
+            raise _Refused("You cannot set both thinking_level and the legacy thinking_budget parameter.")
     temperature = config.get("temperature")
     if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 2):
         raise _Refused("Unable to submit request because it has a temperature value outside the supported range "

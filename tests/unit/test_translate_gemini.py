@@ -683,3 +683,39 @@ def test_a_batch_naming_another_model_is_refused_by_the_fake(fake: FakeProvider)
     response = send(fake, native)
     assert response.status_code == 400
     assert "models/a" in response.json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- reasoning_effort
+
+
+@pytest.mark.parametrize(("model", "effort", "thinking"), [
+    ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+    ("gemini-2.5-pro", "low", {"thinkingBudget": 1024}),
+    ("models/gemini-2.5-pro", "medium", {"thinkingBudget": 8192}),
+    ("gemini-2.5-pro", "high", {"thinkingBudget": 24576}),
+    ("gemini-3-pro-preview", "high", {"thinkingLevel": "high"}),
+    ("gemini-3-flash", "minimal", {"thinkingLevel": "minimal"}),
+])
+def test_reasoning_effort_becomes_gemini_thinking(model: str, effort: str, thinking: dict[str, Any]) -> None:
+    body = {"model": model, "reasoning_effort": effort, "messages": [{"role": "user", "content": "hi"}]}
+    native = GOOGLE_CHAT.request(body, replace(FACTS, model=model))
+    assert native.body["generationConfig"] == {"thinkingConfig": thinking}
+
+
+@pytest.mark.parametrize(("model", "effort", "said"), [("gemini-3-pro-preview", "none", "always think"),
+                                                         ("gemini-2.5-pro", "extreme", "one of none, minimal"),
+                                                         ("gemini-2.5-pro", ["high"], "one of none, minimal")])
+def test_reasoning_effort_gemini_cannot_honour_is_refused(model: str, effort: Any, said: str) -> None:
+    body = {"model": model, "reasoning_effort": effort, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest, match=said):
+        GOOGLE_CHAT.request(body, replace(FACTS, model=model))
+
+
+def test_the_fake_takes_a_thinking_budget_and_refuses_it_with_a_level(fake: FakeProvider) -> None:
+    url = f"{fake.url}/v1beta/models/gemini-2.5-pro:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "generationConfig": {"thinkingConfig": {"thinkingBudget": 1024}}}
+    assert requests.post(url, json=body, headers={"x-goog-api-key": "k"}).status_code == 200
+    body["generationConfig"]["thinkingConfig"]["thinkingLevel"] = "low"
+    refused = requests.post(url, json=body, headers={"x-goog-api-key": "k"})
+    assert refused.status_code == 400 and "thinking_level" in refused.json()["error"]["message"]

@@ -19,14 +19,16 @@ log = logging.getLogger(__package__)  # the package's name, as before the split 
 
 # OpenAI parameters Gemini has no place for: dropped with a warning (the answer keeps its meaning).
 _DROPPED = frozenset({
-    "user", "logit_bias", "logprobs", "top_logprobs", "metadata", "store", "service_tier", "reasoning_effort",
-    "modalities", "audio", "prediction", "web_search_options", "safety_identifier", "prompt_cache_key",
-    "verbosity"})
+    "user", "logit_bias", "logprobs", "top_logprobs", "metadata", "store", "service_tier", "modalities", "audio",
+    "prediction", "web_search_options", "safety_identifier", "prompt_cache_key", "verbosity"})
 # Parameters this adapter reads (or that concern the gateway's side of the call only).
 _READ = frozenset({
     "model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
     "max_completion_tokens", "stop", "n", "seed", "presence_penalty", "frequency_penalty", "response_format",
-    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"})
+    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "reasoning_effort"})
+# reasoning_effort as Gemini 2.5's thinking budget: Google's own OpenAI-compatible endpoint maps low, medium and
+# high to these budgets and none to no thinking; minimal takes the smallest one.
+_THINKING_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
 _ROLES = {"user": "user", "assistant": "model", "tool": "user", "function": "user"}
 
 
@@ -184,7 +186,26 @@ def _generation_config(body: dict[str, Any], slug: str) -> dict[str, Any]:
     if stops:
         config["stopSequences"] = stops
     config.update(_response_format(body.get("response_format"), slug))
+    thinking = _thinking(body)
+    if thinking:
+        config["thinkingConfig"] = thinking
     return config
+
+
+def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Return Gemini's thinkingConfig for reasoning_effort: a level on Gemini 3 models, a token budget before."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if not isinstance(effort, str) or effort not in _THINKING_BUDGETS:
+        raise BadRequest(f"reasoning_effort must be one of {', '.join(_THINKING_BUDGETS)}")
+    model = str(body.get("model") or "").rpartition("/")[2]
+    if model.startswith("gemini-3"):
+        # Gemini 3 takes a thinking level (and refuses a budget with it); it cannot switch thinking off.
+        if effort == "none":
+            raise BadRequest("reasoning_effort none: Gemini 3 models always think; send minimal or low instead")
+        return {"thinkingLevel": effort}
+    return {"thinkingBudget": _THINKING_BUDGETS[effort]}
 
 
 def _response_format(value: Any, slug: str) -> dict[str, Any]:
