@@ -129,3 +129,24 @@ def stop_sequences(body: dict[str, Any]) -> list[str]:
     if not isinstance(stops, list) or not all(isinstance(item, str) for item in stops):
         raise BadRequest("stop must be a string or a list of strings")
     return stops
+
+
+def json_schema_format(response_format: Any, provider: str) -> dict[str, Any] | None:
+    """Return response_format's json_schema (its `schema` a JSON object), None for text or none; else a 400.
+
+    For providers that constrain output to a given schema only: "any JSON" (json_object) has no equivalent
+    there, and dropping it would hand prose to a client that parses JSON.
+    """
+    kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+    if kind is None or kind == "text":
+        return None
+    if kind == "json_object":
+        raise BadRequest(f"response_format json_object is not supported by {provider}: it constrains output to a "
+                         'JSON schema only; send {"type": "json_schema", "json_schema": {"name": ..., "schema": '
+                         "{...}}} instead")
+    if kind != "json_schema":
+        raise BadRequest('response_format.type must be "text", "json_object" or "json_schema"')
+    definition = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if not isinstance(definition, dict) or not isinstance(definition.get("schema"), dict):
+        raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
+    return definition

@@ -212,6 +212,8 @@ def test_json_schema_response_format_becomes_structured_output() -> None:
     ({"n": 2}, "n:"),
     ({"response_format": {"type": "json_object"}}, "json_object"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": "answer"}}, "schema"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"modalities": ["text", "audio"]}, "audio"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "function"),

@@ -296,19 +296,5 @@ def _legacy_choice(function_call: Any) -> Any:
 
 def _output_format(response_format: Any) -> dict[str, Any] | None:
     """Return Anthropic's structured output format for an OpenAI response_format."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
-        return {"type": "json_schema", "schema": schema}
-    if kind == "json_object":
-        # Anthropic constrains output only to a given schema; "any JSON" has no equivalent, and dropping it
-        # would silently hand back prose to a client that parses JSON.
-        raise BadRequest("response_format: json_object has no anthropic equivalent; send a json_schema "
-                         "response_format (anthropic's structured outputs) instead")
-    raise BadRequest(f"response_format.type {kind!r} is not one of text, json_schema")
+    definition = shape.json_schema_format(response_format, "anthropic")
+    return None if definition is None else {"type": "json_schema", "schema": definition["schema"]}

@@ -289,20 +289,9 @@ def tool_spec(tool: Any, where: str) -> dict[str, Any]:
 
 def output_config(response_format: Any) -> dict[str, Any] | None:
     """Return Converse's outputConfig for a json_schema response_format; json_object is refused."""
-    if response_format is None:
+    definition = shape.json_schema_format(response_format, "bedrock")
+    if definition is None:
         return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        raise BadRequest('response_format json_object is not supported by bedrock: Converse constrains '
-                         'output to a JSON schema only; send {"type": "json_schema", "json_schema": '
-                         '{"name": ..., "schema": {...}}}')
-    if kind != "json_schema":
-        raise BadRequest('response_format.type must be "text", "json_object" or "json_schema"')
-    definition = response_format.get("json_schema")
-    if not isinstance(definition, dict) or not isinstance(definition.get("schema"), dict):
-        raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
     json_schema: dict[str, Any] = {"schema": json.dumps(definition["schema"], separators=(",", ":"))}
     for name in ("name", "description"):
         if isinstance(definition.get(name), str) and definition[name]:

@@ -54,7 +54,7 @@ def _contents(messages: list[Any], site: Site) -> tuple[list[dict[str, Any]], li
             if text:
                 system.append({"text": text})
             continue
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise BadRequest(f"messages[{index}].role {str(role)[:40]!r} is not supported by {site.slug}")
         if role == "user":
             parts = _user_parts(message.get("content"), site, index)
