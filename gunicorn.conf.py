@@ -1,4 +1,4 @@
-"""gunicorn settings for Portico: threaded workers (gthread), bound from GATEWAY_* variables."""
+"""gunicorn settings for Portico: threaded workers (gthread, as PorticoWorker), bound from GATEWAY_* variables."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import os
 import sys
 
 from app.metrics import mark_worker_dead, prepare_multiprocess_dir
-from app.settings import SettingsError, check_start, load_settings
+from app.settings import SettingsError, check_logs_path, check_start, load_settings
+
+# gunicorn reads this file again on HUP, with workers serving: only the master's first read may refuse an
+# unusable request-log file; later a bad [logs] path only degrades the log (docs/security.md).
+_FIRST_READ = os.environ.get("PORTICO_MASTER_PID") != str(os.getpid())
+os.environ["PORTICO_MASTER_PID"] = str(os.getpid())
 
 try:
     _settings = load_settings()
-    _warning = check_start(_settings)
+    check_start(_settings)  # GATEWAY_BIND, before binding; when_ready checks what was really bound
+    if _FIRST_READ:
+        check_logs_path(_settings)
 except SettingsError as err:
     # One line that names the file, the key and the problem; no traceback.
     print(f"portico: {err}", file=sys.stderr)
@@ -19,25 +26,36 @@ except SettingsError as err:
 # Before anything imports prometheus_client: workers then share counters through files in this dir.
 prepare_multiprocess_dir(os.environ)
 
+from app.server.listeners import bound_addresses  # noqa: E402 - after the metrics dir is set
+from app.server.worker import CUT_MARGIN_S  # noqa: E402
+
 wsgi_app = "app.wsgi:app"
 bind = [_settings.bind]
-worker_class = "gthread"
+# gthread, with request heads read on the poller and client read deadlines (docs/deploy.md, Slow clients).
+worker_class = "app.server.worker.PorticoWorker"
 workers = _settings.workers
 threads = _settings.threads
 loglevel = _settings.log_level
 keepalive = 75          # behind nginx/ALBs, idle client connections are reused for a while
 timeout = 120           # the worker heartbeat; long streams run in threads and do not block it
-graceful_timeout = 30
+# The master kills a stopping worker here; the worker cuts (and records) what is still in flight
+# CUT_MARGIN_S earlier, so calls get GATEWAY_GRACEFUL_TIMEOUT (docs/deploy.md, Shutdown).
+graceful_timeout = _settings.graceful_timeout_s + CUT_MARGIN_S
 worker_connections = 1000
 accesslog = None        # the app writes one JSON access line per call itself
 errorlog = "-"
 control_socket_disable = True  # one shared default path would clash between gateways on one machine
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
-    """Say once, at start-up, that the gateway runs open (no keys) on loopback."""
-    if _warning:
-        server.log.warning(_warning)
+def when_ready(server):  # type: ignore[no-untyped-def]
+    """Check the sockets really bound: no keys and any non-loopback one stops the master; else warn if open."""
+    try:
+        warning = check_start(_settings, bound_addresses(server.LISTENERS, server.cfg.address))
+    except SettingsError as err:
+        server.log.error("portico: %s", err)
+        server.halt(exit_status=1)
+    if warning:
+        server.log.warning(warning)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
@@ -50,3 +68,6 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     gateway = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("portico")
     if gateway is not None:
         gateway.close()
+    exit_if_cut = getattr(worker, "exit_if_cut", None)
+    if exit_if_cut is not None:
+        exit_if_cut()  # last: threads of cut calls must not hold the process until the master's SIGKILL

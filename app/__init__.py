@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ def create_app(settings: Any = None) -> Flask:
     setup_logging(settings.log_level)
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    _match_paths_exactly(app)
     app.extensions["portico"] = Gateway(settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(unified.bp)
@@ -35,6 +37,26 @@ def create_app(settings: Any = None) -> Flask:
     cli.register(app)
     _register_error_handlers(app)
     return app
+
+
+def _match_paths_exactly(app: Flask) -> None:
+    """Route on the path as written and never redirect: werkzeug builds a Location from the Host header.
+
+    A doubled slash is not merged (the proxy forwards paths verbatim), so `/v1//x` is a 404 and `/v1/a//b`
+    is forwarded as written; no response carries a Location of the gateway's making (docs/security.md).
+    Set before the blueprints register, since each rule copies these settings.
+    """
+    app.url_map.merge_slashes = False
+    app.url_map.redirect_defaults = False
+
+    @app.before_request
+    def refuse_redirects() -> None:
+        """Answer 404 where routing asked for a redirect (a trailing-slash rule added some day would)."""
+        routing_error = request.routing_exception
+        if isinstance(routing_error, RequestRedirect):
+            raise NotFound()
+        if isinstance(routing_error, NotFound) and "//" in request.path:
+            raise NotFound("The path has an empty segment ('//'); the gateway does not merge slashes")
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -7,6 +7,7 @@ GatewayError                      status, message; rendered {"status": "failure"
 ├── Unauthorized                  401
 ├── MethodNotAllowed              405, with Allow
 ├── PayloadTooLarge               413
+├── RequestTimeout                408, the client did not send its request in time
 ├── UpstreamTimeout               408, OpenAI-style error body (SPEC 9.2)
 └── UpstreamUnreachable           502, x-portkey-gateway-exception: true
 """
@@ -74,6 +75,12 @@ class PayloadTooLarge(GatewayError):
     """The request body is over the configured limit."""
 
     status = 413
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its request (head or body) within the gateway's read deadline (docs/deploy.md)."""
+
+    status = 408
 
 
 class UpstreamTimeout(GatewayError):

@@ -6,24 +6,18 @@ import atexit
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from app.redact import NO_SECRETS, SecretFilter, Secrets, redact_query
+from app.redact import redact as redact  # re-exported: older imports read it here
+
 if TYPE_CHECKING:  # the pipeline imports this module; a runtime import would be circular
     from app.pipeline.context import RequestContext
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds a new encoder per call
-_SECRET_QUERY = re.compile(r"(?i)((?:^|[&?])(?:key|api[_-]?key|access_token|token|sig|signature)=)[^&\s]*")
-# Bearer tokens, OpenAI/Anthropic-style sk- keys, Google API keys (AIza + 35 characters).
-_BEARER = re.compile(r"(?i)(bearer\s+|sk-[a-z]*-?|\bAIza)[A-Za-z0-9._~+/=-]{4,}")
-
-
-def redact(text: str) -> str:
-    """Hide secrets that could sit in a query string or message: key=..., Bearer tokens, sk- keys."""
-    return _BEARER.sub(r"\1[REDACTED]", _SECRET_QUERY.sub(r"\1[REDACTED]", text))
 
 
 def setup_logging(level: str) -> None:
@@ -36,9 +30,13 @@ def setup_logging(level: str) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    # On the handler, so lines of every app.* logger pass it (a logger's filters see only its own lines).
+    handler.addFilter(SecretFilter())
     app_log.addHandler(handler)
     app_log.propagate = False
-    logging.getLogger("gunicorn.error").addFilter(StreamAbortFilter())
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    gunicorn_log.addFilter(StreamAbortFilter())
+    gunicorn_log.addFilter(SecretFilter())
     app_log._portico_configured = True  # type: ignore[attr-defined]
 
 
@@ -101,17 +99,18 @@ def write_access_line(line: str) -> None:
     access_lines.write(line)
 
 
-def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None = None) -> str:
-    """Return the JSON access line of a call; no bodies, no secrets."""
+def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None = None,
+                secrets: Secrets = NO_SECRETS) -> str:
+    """Return the JSON access line of a call; no bodies, no secrets (docs/security.md)."""
     line: dict[str, Any] = {
         "ts": round(time.time(), 3),
-        "trace_id": ctx.trace_id,
+        "trace_id": secrets.mask(ctx.trace_id),
         "key": ctx.key_name,
         "provider": ctx.provider_slug,
         "route": ctx.route,
         "method": ctx.method,
-        "path": ctx.path,
-        "query": redact(ctx.query) if ctx.query else None,
+        "path": secrets.scrub(ctx.path),
+        "query": redact_query(secrets.mask(ctx.query)) if ctx.query else None,
         "status": status,
         "upstream_status": ctx.upstream_status,
         "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
@@ -121,6 +120,8 @@ def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None =
     }
     if extra:
         line.update(extra)
+        if isinstance(extra.get("model"), str):
+            line["model"] = secrets.mask(extra["model"])
     if ctx.error:
-        line["error"] = redact(ctx.error)
+        line["error"] = secrets.scrub(ctx.error)
     return _COMPACT.encode(line)

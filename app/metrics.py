@@ -41,6 +41,18 @@ CACHE_STATUSES = frozenset({"HIT", "MISS", "REFRESH"})  # DISABLED is not a cach
 TOKEN_KINDS = frozenset({"input", "output", "cache_read", "cache_write"})
 MAX_LABEL_CHARS = 64
 NONE = "none"
+OTHER = "other"
+# Every label value comes from a bounded set (docs/security.md). Callers pass provider slugs from the registry
+# and model names from the price table (app.observe); these budgets stop anything else from adding series
+# without end. Per process, a provider or a (provider, model) pair first seen after its budget is spent is
+# counted as `other`.
+MAX_PROVIDERS = 32
+MAX_MODEL_PAIRS = 64
+# Status codes worth their own series (the ones alerts and dashboards name); any other is counted by class
+# (`4xx`), and one outside 100-599 as `other`.
+STATUS_CODES = frozenset({200, 201, 202, 204, 206, 246, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409,
+                          410, 413, 415, 422, 429, 446, 499, 500, 501, 502, 503, 504, 529})
+MAX_CALL_KEYS = 1024  # raw (route, provider, status) lookups cached; past this they are looked up each time
 FLUSH_INTERVAL_S = 0.25  # calls reach the shared values this often (and before every /metrics answer)
 
 _prepared: set[str] = set()
@@ -96,6 +108,30 @@ def _label(value: str | None) -> str:
     return value[:MAX_LABEL_CHARS] if value else NONE
 
 
+def status_label(status: int) -> str:
+    """Return the label of an HTTP status: a common code as itself, any other by its class, or `other`."""
+    if status in STATUS_CODES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+
+
+class LabelBudget:
+    """Admits at most `limit` distinct label values (or combinations of them); refuses any seen after that."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted: set[Any] = set()
+
+    def admits(self, value: Any) -> bool:
+        """Return True when the value was admitted before, or is admitted now while the budget lasts."""
+        if value in self.admitted:
+            return True
+        if len(self.admitted) >= self.limit:
+            return False
+        self.admitted.add(value)
+        return True
+
+
 class GatewayMetrics:
     """The gateway's metrics in one process; use `get_metrics()` for the process-wide instance."""
 
@@ -134,9 +170,14 @@ class GatewayMetrics:
         # livesum: the sum over live workers; a dead worker's share goes with mark_worker_dead.
         self.in_flight = Gauge("portico_in_flight_requests", "Gateway calls being served now.",
                                registry=reg, multiprocess_mode="livesum")
+        self.log_dropped = Counter("portico_log_records_dropped",
+                                   "Request-log records lost: the log file unusable or failing, or the queue full.",
+                                   registry=reg)
         # Labelled children by raw label values: labels() validates and locks on every call, a dict hit does not.
-        self._call_children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        self._call_children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._providers = LabelBudget(MAX_PROVIDERS)
+        self._model_pairs = LabelBudget(MAX_MODEL_PAIRS)
         self._failed = False
         # Calls wait here and are applied in batches: one shared-value write per label set and batch instead of
         # six to eleven per call (each a lock and an mmap write in multiprocess mode). None marks a call started.
@@ -144,6 +185,10 @@ class GatewayMetrics:
         self._flush_lock = threading.Lock()
         self._flusher_pid = -1
         atexit.register(self.flush)
+
+    def log_records_dropped(self, count: int) -> None:
+        """Count request-log records lost (the log store calls it per lost batch, from any thread)."""
+        self.log_dropped.inc(count)
 
     def call_started(self) -> None:
         """Count a call as in flight."""
@@ -153,7 +198,11 @@ class GatewayMetrics:
                       upstream_s: float | None = None, retries: int = 0, fell_back: bool = False,
                       cache_status: str | None = None, model: str | None = None,
                       tokens: Mapping[str, int] | None = None, cost_usd: float | None = None) -> None:
-        """Record a finished call (once per call_started); never raise into the request path."""
+        """Record a finished call (once per call_started); never raise into the request path.
+
+        `provider` and `model` should already come from bounded sets (the registry's slugs, the price table's
+        names or `other`); values beyond the budgets are counted as `other` all the same.
+        """
         self._queue((route, provider, status, latency_s, upstream_s, retries, fell_back, cache_status, model, tokens,
                      cost_usd))
 
@@ -194,10 +243,12 @@ class GatewayMetrics:
     def _record(self, batch: _Batch, route: str, provider: str | None, status: int, latency_s: float,
                 upstream_s: float | None, retries: int, fell_back: bool, cache_status: str | None, model: str | None,
                 tokens: Mapping[str, int] | None, cost_usd: float | None) -> None:
-        key = (route, provider or NONE, status)
+        key = (route, provider, status)
         children = self._call_children.get(key)
         if children is None:
-            children = self._call_children[key] = self._make_call_children(route, provider, status)
+            children = self._make_call_children(route, provider, status)
+            if len(self._call_children) < MAX_CALL_KEYS:  # raw values are the client's: keep the cache bounded
+                self._call_children[key] = children
         route_label, provider_label, requests, latency, upstream, overhead, retried, fallbacks = children
         batch.add(requests, 1)
         # `x > 0.0 else 0.0` also turns NaN into 0: one NaN in a histogram's sum would stick forever.
@@ -215,7 +266,7 @@ class GatewayMetrics:
         if cache_status in CACHE_STATUSES:
             batch.add(self._child(self.cache, route_label, provider_label, cache_status), 1)
         if tokens or (cost_usd is not None and cost_usd > 0.0):
-            model_label = _label(model)
+            model_label = self._model_label(provider_label, model)
             if tokens:
                 for kind, count in tokens.items():
                     if kind in TOKEN_KINDS and count > 0:
@@ -225,13 +276,22 @@ class GatewayMetrics:
 
     def _make_call_children(self, route: str, provider: str | None, status: int) -> tuple[Any, ...]:
         """Return the bounded (route, provider) labels and the per-call children for one route/provider/status."""
-        route_label = route if route in ROUTES else "other"
+        route_label = route if route in ROUTES else OTHER
         provider_label = _label(provider)
-        status_label = str(status) if 100 <= status <= 599 else "other"
+        if provider_label != NONE and not self._providers.admits(provider_label):
+            provider_label = OTHER
         by_call = (route_label, provider_label)
-        return (route_label, provider_label, self.requests.labels(route_label, provider_label, status_label),
-                self.latency.labels(*by_call), self.upstream.labels(*by_call), self.overhead.labels(*by_call),
-                self.retries.labels(*by_call), self.fallbacks.labels(*by_call))
+        return (route_label, provider_label, self._child(self.requests, *by_call, status_label(status)),
+                self._child(self.latency, *by_call), self._child(self.upstream, *by_call),
+                self._child(self.overhead, *by_call), self._child(self.retries, *by_call),
+                self._child(self.fallbacks, *by_call))
+
+    def _model_label(self, provider_label: str, model: str | None) -> str:
+        """Return the model's label: as given (cut to 64 characters) while its budget lasts, else `other`."""
+        label = _label(model)
+        if label in (NONE, OTHER) or self._model_pairs.admits((provider_label, label)):
+            return label
+        return OTHER
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """Return the metric's child for these bounded label values, cached."""

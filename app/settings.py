@@ -7,14 +7,14 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from app.http.headers import proxy_drop_set
-from app.providers.registry import PROVIDERS
+from app.providers.registry import PROVIDERS, option_problem
 
 DEFAULT_BIND = "127.0.0.1:8787"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
@@ -88,6 +88,10 @@ class Settings:
     cache_backend: str = "memory"
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_max_entry_bytes: int = DEFAULT_CACHE_MAX_BYTES // 8
+    # Client read deadlines and the shutdown grace, in seconds (docs/deploy.md).
+    header_timeout_s: int = 10
+    body_timeout_s: int = 60
+    graceful_timeout_s: int = 30
 
     @cached_property
     def proxy_drop(self) -> frozenset[str]:
@@ -136,6 +140,9 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         workers=reader.env_int("GATEWAY_WORKERS", default_workers()),
         threads=reader.env_int("GATEWAY_THREADS", 32),
         log_level=reader.log_level(env.get("GATEWAY_LOG_LEVEL", "info")),
+        header_timeout_s=reader.env_int("GATEWAY_HEADER_TIMEOUT", 10),
+        body_timeout_s=reader.env_int("GATEWAY_BODY_TIMEOUT", 60),
+        graceful_timeout_s=reader.env_int("GATEWAY_GRACEFUL_TIMEOUT", 30),
         source=source,
         keys=reader.keys(data.get("keys", [])),
         custom_hosts_allow=tuple(reader.str_list(data.get("custom_hosts", {}), "custom_hosts", "allow")),
@@ -163,16 +170,36 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
     )
 
 
-def check_start(settings: Settings) -> str | None:
-    """Refuse an open gateway off loopback; return the warning line for an open one on loopback."""
+def check_start(settings: Settings, bound: Sequence[str] | None = None) -> str | None:
+    """Refuse an open gateway off loopback; return the warning line for an open one on loopback.
+
+    bound: the addresses gunicorn really listens on (GUNICORN_CMD_ARGS may differ from GATEWAY_BIND).
+    """
     if not settings.open_mode:
         return None
-    if not bind_is_loopback(settings.bind):
+    addresses = list(bound) if bound else [settings.bind]
+    public = [address for address in addresses if not bind_is_loopback(address)]
+    if public:
         raise SettingsError(
             f"refusing to start: no gateway keys are configured ({settings.source}) and the bind address "
-            f"{settings.bind} is not loopback; add [[keys]] to the gateway file or bind to 127.0.0.1")
+            f"{', '.join(public)} is not loopback; add [[keys]] to the gateway file or bind to 127.0.0.1")
     return (f"no gateway keys configured ({settings.source}): running OPEN, "
-            f"any local client may call on {settings.bind}")
+            f"any local client may call on {', '.join(addresses)}")
+
+
+def check_logs_path(settings: Settings) -> None:
+    """Refuse to start when the request-log file ([logs] path) cannot be created or opened (docs/security.md).
+
+    Only for the master's first start, with the operator watching: a worker never fails because of the log.
+    """
+    if not settings.logs_path:
+        return
+    from app.logstore.schema import LogStoreUnavailable, prepare
+
+    try:
+        prepare(settings.logs_path)
+    except LogStoreUnavailable as err:
+        raise SettingsError(f"{settings.source}: [logs] path = {settings.logs_path!r}: {err}") from None
 
 
 def hash_key(value: str) -> str:
@@ -332,6 +359,10 @@ class _Reader:
                 raise self.fail(where, "provider is required")
             if values["provider"] not in PROVIDERS:
                 raise self.fail(f"{where}.provider", f"unknown provider {values['provider']!r}")
+            for key, value in values.items():
+                problem = option_problem(key, value)  # a value that goes into an upstream URL (docs/security.md)
+                if problem:
+                    raise self.fail(f"{where}.{key}", problem)
             options = {k: v for k, v in values.items() if k not in ("provider", "api_key", "custom_host")}
             entries[name] = CatalogEntry(name=name, provider=values["provider"], api_key=values.get("api_key"),
                                          custom_host=values.get("custom_host"), options=options)

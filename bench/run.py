@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run                 # the full run, about 7 minutes
     .venv/bin/python -m bench.run --quick         # a short smoke run, about two minutes
     .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, cache,
-                                                  # translation, observability, streaming, rss
+                                                  # translation, observability, streaming, rss, hardening
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -24,6 +24,7 @@ from types import FrameType
 from bench import sections, translation
 from bench.cache_guardrails import cache_guardrails
 from bench.config_engine import config_engine
+from bench.hardening import hardening
 from bench.loadgen import RERANK_BODY, write_script
 from bench.observability import observability
 from bench.plan import SECTIONS, Plan, make_plan, parse_args
@@ -96,6 +97,9 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
     if plan.runs("rss"):
         report.note("worker RSS")
         verdicts += sections.worker_rss(report, plan, procs, workdir, upstream)
+    if plan.runs("hardening"):
+        report.note("hardening")
+        verdicts += hardening(report, plan, procs, workdir)
     return verdicts
 
 

@@ -27,6 +27,7 @@ from app.config.models import (
 )
 from app.errors import BadRequest, InvalidConfig
 from app.guardrails import validate_hooks
+from app.providers.registry import URL_OPTIONS, odd_character, option_problem
 
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 MAX_AGE_S = 365 * 24 * 3600
@@ -131,6 +132,22 @@ class Refused(fields.Field[Any]):
         raise ValidationError(self.message)
 
 
+class HeaderText(validate.Validator):
+    """Refuse a string that becomes an upstream header or URL part but could not be sent as one."""
+
+    def __init__(self, in_header: bool = True) -> None:
+        self.in_header = in_header
+
+    def __call__(self, value: str) -> str:
+        problem = odd_character(value, self.in_header)
+        if problem is not None:
+            raise ValidationError(f"Must be plain text: it {problem}.")
+        return value
+
+
+HEADER_TEXT = HeaderText()
+
+
 def _int_in(low: int, high: int | None = None, error: str | None = None) -> StrictInteger:
     """Return a strict int field limited to low..high."""
     message = error or (f"Must be between {low} and {high}." if high is not None else f"Must be at least {low}.")
@@ -221,12 +238,12 @@ class TargetSchema(_StrictSchema):
     class Meta:
         unknown = RAISE
         # The provider fields ride along to the provider as Target.provider_options.
-        include = {name: fields.String() for name in PROVIDER_OPTION_FIELDS}
+        include = {name: fields.String(validate=HEADER_TEXT) for name in PROVIDER_OPTION_FIELDS}
 
     provider = fields.String(validate=validate.Length(min=1, error="Must not be empty."))
-    api_key = fields.String()
+    api_key = fields.String(validate=HEADER_TEXT)
     virtual_key = Refused(VIRTUAL_KEY_ERROR)
-    custom_host = fields.String()
+    custom_host = fields.String(validate=HeaderText(in_header=False))  # the host policy reads the rest
     name = fields.String()
     weight = StrictNumber(validate=validate.Range(min=0, error="Must be at least 0."))
     override_params = fields.Dict()
@@ -234,7 +251,7 @@ class TargetSchema(_StrictSchema):
     cache = fields.Nested(CacheSchema)
     request_timeout = _int_in(1, MAX_TIMEOUT_MS,
                               error=f"Must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}.")
-    forward_headers = fields.List(fields.String())
+    forward_headers = fields.List(fields.String(validate=HEADER_TEXT))
     strict_open_ai_compliance = StrictBoolean()
     before_request_hooks = fields.List(fields.Dict())
     after_request_hooks = fields.List(fields.Dict())
@@ -270,6 +287,7 @@ def parse_config(data: object) -> Target:
         # Stop here: the rest of a too-large tree is not worth (or safe) walking.
         raise InvalidConfig(INVALID_CONFIG, errors=_render(guard_errors))
     errors = list(_structure_errors(data))
+    errors.extend(_option_errors(data))
     errors.extend(_hook_errors(data, ()))
     try:
         target = _ROOT_SCHEMA.load(data)
@@ -383,3 +401,13 @@ def _zero_weight(child: Any) -> bool:
     """Return True when a raw target's weight is given and is exactly 0."""
     weight = child.get("weight") if isinstance(child, Mapping) else None
     return not isinstance(weight, bool) and isinstance(weight, int | float) and weight == 0
+
+
+def _option_errors(data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    """Yield errors of provider fields that go into an upstream URL but are not of their form (docs/security.md)."""
+    for path, node in _nodes(data):
+        for name in URL_OPTIONS:
+            value = node.get(name)
+            problem = option_problem(name, value) if isinstance(value, str) else None  # non-strings: the schema's
+            if problem:
+                yield (*path, name), problem[0].upper() + problem[1:]

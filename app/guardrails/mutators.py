@@ -6,6 +6,7 @@ after it the answer. They never change a body in place: they return a new body s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,9 +31,11 @@ from app.guardrails.text import (
     map_response_texts,
     map_strings,
 )
+from app.textmatch import OutOfTime
 
-# Redaction must not scan unbounded text with a pattern that has no timeout; over this it refuses.
+# Each search is linear (app.textmatch), but a body is searched once per match: bound the text and the time.
 MAX_REPLACE_TEXT = 1024 * 1024
+REPLACE_BUDGET_S = 2.0  # for all the texts of one regexReplace run; legitimate redaction takes milliseconds
 _FIRST_ROLES = ("system", "developer")
 
 
@@ -149,14 +152,18 @@ def _prefix_choice(choice: Any, endpoint: str, prefix: str) -> Any:
 def regex_replace(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
     """Replace every match of `rule` in every text with `redactText`; fail when it matched and failOnDetection."""
     pattern, redact = compile_rule(params["rule"]), params["redactText"]
+    deadline = time.monotonic() + REPLACE_BUDGET_S
     matches = 0
 
     def replace(value: str) -> str:
         nonlocal matches
         if len(value) > MAX_REPLACE_TEXT:
             raise CheckError("a text is over 1 MB; regexReplace refuses to scan it")
-        # A function, not a template: backslashes in redactText are literal text.
-        new, found = pattern.subn(lambda _: redact, value)
+        try:
+            new, found = pattern.replace_all(value, redact, deadline)  # redactText is literal text
+        except OutOfTime as err:
+            raise CheckError(f"regexReplace stopped after {REPLACE_BUDGET_S:g} s, {matches + err.matches} "
+                             "matches in: the rule costs too much on this text") from None
         matches += found
         return new
 
@@ -172,7 +179,7 @@ def regex_replace(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
 
 def _replace_cross(params: Mapping[str, Any]) -> list[Problem]:
     # A rule that matches the empty string would insert redactText between every character.
-    if compile_rule(params["rule"]).fullmatch(""):
+    if compile_rule(params["rule"]).matches_empty():
         return [(("rule",), "must not match the empty string")]
     return []
 

@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -21,6 +20,7 @@ import jsonschema.exceptions
 import jsonschema.validators
 
 from app.guardrails.context import CheckError
+from app.textmatch import PatternRefused, TextPattern, compile_pattern
 
 if TYPE_CHECKING:
     from app.guardrails.context import CheckInput
@@ -53,9 +53,6 @@ _DURATION_UNITS = {
     "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
     "d": 86400, "day": 86400, "days": 86400, "w": 604800, "week": 604800, "weeks": 604800,
 }
-# JavaScript named groups, as Portkey's (JavaScript) rules are written: (?<name>...) and \k<name>.
-_JS_GROUP = re.compile(r"(?<!\\)\(\?<(?=[A-Za-z_])")
-_JS_BACKREF = re.compile(r"\\k<([A-Za-z_]\w*)>")
 
 
 @dataclass(frozen=True)
@@ -198,14 +195,14 @@ def one_of(*choices: str) -> Validator:
 
 
 def rule(value: Any) -> str | None:
-    """Require a regular expression of at most MAX_RULE_LENGTH characters that compiles."""
+    """Require a regular expression of at most MAX_RULE_LENGTH characters that the linear-time engine runs."""
     if not isinstance(value, str) or not value:
         return "must be a non-empty string"
     if len(value) > MAX_RULE_LENGTH:
         return f"must be at most {MAX_RULE_LENGTH} characters"
     try:
         compile_rule(value)
-    except re.error as err:
+    except PatternRefused as err:
         return f"is not a valid regular expression: {err}"
     return None
 
@@ -282,10 +279,9 @@ def model_rules(value: Any) -> str | None:
 
 # --- parsing shared with the checks ------------------------------------------------------------
 
-@lru_cache(maxsize=256)
-def compile_rule(pattern: str) -> re.Pattern[str]:
-    """Compile a rule, reading JavaScript named groups as Python's."""
-    return re.compile(_JS_BACKREF.sub(r"(?P=\1)", _JS_GROUP.sub("(?P<", pattern)))
+def compile_rule(pattern: str) -> TextPattern:
+    """Compile a rule in linear time (docs/security.md); JavaScript's (?<name>...) groups are read too."""
+    return compile_pattern(pattern)
 
 
 def parse_duration(value: Any) -> float | None:

@@ -1,6 +1,8 @@
 """The checks that call out: `webhook` (a verdict from the client's service) and `jwt` (a token checked against a JWKS).
 
-Both go through the context's GuardrailHTTP, which applies the custom-host policy and enforces the timeout.
+Both go through the context's GuardrailHTTP, which applies the custom-host policy and enforces the timeout as a
+deadline for the whole call, the answer's body included: a host that trickles bytes cannot stretch it
+(docs/security.md).
 """
 
 from __future__ import annotations

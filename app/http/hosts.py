@@ -84,6 +84,10 @@ _IPV6_EMBEDDING: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
 )
 
 
+class UnresolvedHost(InvalidCustomHost):
+    """A host name that has no address here (the caller may treat it as unreachable rather than refused)."""
+
+
 @dataclass(frozen=True)
 class PinnedHost:
     """A custom host that passed the policy, with the address to connect to."""
@@ -253,7 +257,7 @@ def _addresses(target: _Target, infos: list) -> tuple[IPAddress, ...]:
             raise InvalidCustomHost(
                 f"custom host '{target.shown}' resolves to something that is not an IP address") from None
     if not found:
-        raise InvalidCustomHost(f"custom host '{target.shown}' does not resolve")
+        raise UnresolvedHost(f"custom host '{target.shown}' does not resolve")
     return tuple(found)
 
 

@@ -70,6 +70,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 T = TypeVar("T")
 
 
+class LogStoreUnavailable(Exception):
+    """The request-log file cannot be created, opened or read; the message says why, in one line."""
+
+
 class ReadConnection(sqlite3.Connection):
     """A query connection; a subclass only so the store can hold weak references to it."""
 
@@ -156,3 +160,27 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
     if current != SCHEMA_VERSION:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def prepare(path: str) -> None:
+    """Make path a usable request log (ensure_schema); raise LogStoreUnavailable saying why it is not."""
+    try:
+        ensure_schema(path)
+    except Exception as exc:  # whatever the cause, the caller decides between failing and serving without it
+        raise LogStoreUnavailable(describe(path, exc)) from None
+
+
+def describe(path: str, exc: BaseException) -> str:
+    """Return what is wrong with the request-log file at path, for an operator, in one line."""
+    if isinstance(exc, OSError) and not isinstance(exc, sqlite3.Error):
+        directory = os.path.dirname(os.path.abspath(path))
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            return f"cannot create the file: {directory} is not a directory"
+        return f"cannot create its directory: {exc.strerror or exc} ({exc.filename})"
+    if os.path.isdir(path):
+        return "is a directory, not a SQLite file"
+    if getattr(exc, "sqlite_errorname", None) == "SQLITE_NOTADB":
+        return "is not a SQLite database (corrupt, or another kind of file)"
+    if getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN":
+        return "cannot open or create the file (does its directory exist, and is it writable?)"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -10,15 +10,17 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from app.logstore import reader
+from app.logstore import writer as writer_module
 from app.logstore.record import LogRecord
-from app.logstore.schema import ReadConnection, connect, ensure_schema, retry_busy
+from app.logstore.schema import LogStoreUnavailable, ReadConnection, connect, describe, prepare, retry_busy
 from app.logstore.throttle import Throttle
 from app.logstore.writer import FlushMarker, Item, Writer
 
 log = logging.getLogger("app.logstore")
+T = TypeVar("T")
 
 
 class LogStore:
@@ -27,6 +29,10 @@ class LogStore:
     Per process: one writer thread with one connection, started by the first record() in that process
     (a store built before gunicorn forks starts afresh in each worker), and one read connection per
     querying thread.
+
+    Serving never depends on the log (docs/security.md): a file that cannot be opened does not stop the
+    constructor; records are then dropped and counted (on_drop), queries raise LogStoreUnavailable, and the
+    writer tries the file again every writer.REOPEN_EVERY_S until it works.
     """
 
     # Per-process state, set by _reset_process_state() at construction and again in a forked child.
@@ -47,8 +53,11 @@ class LogStore:
 
     def __init__(self, path: str, retention_days: int | None = 30, batch_size: int = 500,
                  flush_interval_s: float = 0.2, queue_max: int = 100_000,
-                 clock: Callable[[], float] = time.time) -> None:
-        """Open (creating if needed) the log at path; rows older than retention_days are deleted (None: never)."""
+                 clock: Callable[[], float] = time.time, on_drop: Callable[[int], None] | None = None) -> None:
+        """Open (creating if needed) the log at path; rows older than retention_days are deleted (None: never).
+
+        on_drop is told how many records were lost (queue full, closed, or the file unusable) each time some are.
+        """
         if batch_size < 1 or queue_max < 1 or flush_interval_s <= 0:
             raise ValueError("batch_size and queue_max must be positive, flush_interval_s above zero")
         if retention_days is not None and retention_days <= 0:
@@ -59,7 +68,15 @@ class LogStore:
         self._flush_interval_s = flush_interval_s
         self._queue_max = queue_max
         self._clock = clock
-        ensure_schema(path)
+        self._on_drop = on_drop
+        # Why the file is unusable, until it works (None: it does).
+        self.problem: str | None = None
+        try:
+            prepare(path)
+        except LogStoreUnavailable as exc:
+            self.problem = str(exc)
+            log.warning("request log %s is unusable (%s): serving without it; records are dropped and counted, "
+                        "and the file is tried again every %.0f s", path, exc, writer_module.REOPEN_EVERY_S)
         self._reset_process_state()
         with _STORES_LOCK:
             _STORES.add(self)
@@ -148,19 +165,17 @@ class LogStore:
         where = reader.list_filters(since=since, until=until, key_name=key_name, provider=provider, status=status,
                                     status_class=status_class, trace_id=trace_id, metadata=metadata,
                                     before_id=before_id)
-        conn = self._reader()
-        return retry_busy(lambda: reader.list_requests(conn, where, limit), "query")
+        return self._read(lambda conn: reader.list_requests(conn, where, limit), "query")
 
     def analytics(self, *, since: float, until: float, group_by: str) -> list[dict[str, Any]]:
         """Return per group: requests, errors, p50_ms, p95_ms, token and cost sums for since <= ts < until."""
         reader.group_expression(group_by)  # refuse a bad grouping before touching the database
-        conn = self._reader()
-        return retry_busy(lambda: reader.analytics(conn, since=since, until=until, group_by=group_by), "analytics")
+        return self._read(lambda conn: reader.analytics(conn, since=since, until=until, group_by=group_by),
+                          "analytics")
 
     def count(self) -> int:
         """Return how many requests the log holds (all processes, committed)."""
-        conn = self._reader()
-        return int(retry_busy(lambda: conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0], "count"))
+        return int(self._read(lambda conn: conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0], "count"))
 
     # -- per-process state -----------------------------------------------------------------------------
 
@@ -195,7 +210,7 @@ class LogStore:
             if self._writer is None or not self._writer.alive:
                 self._writer = Writer(self.path, self._queue, self._wake, batch_size=self._batch_size,
                                       interval_s=self._flush_interval_s, retention_days=self.retention_days,
-                                      clock=self._clock)
+                                      clock=self._clock, problem=self.problem, on_failed=self._tell_drops)
                 self._writer.start()
             self._writer_pid = self._pid
             return True
@@ -208,14 +223,45 @@ class LogStore:
         """Count dropped records and warn about drops at most once a minute."""
         with self._drop_lock:
             self._dropped += count
+        self._tell_drops(count)
         if self._drop_warning.ready():
             log.warning("request log queue full or closed: %d records dropped so far in this process", self._dropped)
 
+    def _tell_drops(self, count: int) -> None:
+        """Pass lost records on to on_drop (the metric); never raise into the request path or the writer."""
+        if self._on_drop is not None:
+            try:
+                self._on_drop(count)
+            except Exception:
+                pass
+
+    def _read(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """Run work on this thread's read connection; raise LogStoreUnavailable if the file cannot be read."""
+        try:
+            conn = self._reader()
+            return retry_busy(lambda: work(conn), what)
+        except (sqlite3.Error, OSError) as exc:
+            self._forget_reader()  # the next query opens the file afresh: the disk may be back by then
+            raise LogStoreUnavailable(describe(self.path, exc)) from None
+
+    def _forget_reader(self) -> None:
+        """Close and drop this thread's read connection, if any."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
     def _reader(self) -> sqlite3.Connection:
-        """Return this thread's read connection, opening it on first use."""
+        """Return this thread's read connection, opening it on first use (preparing a file that was unusable)."""
         self._check_process()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            if self.problem is not None:
+                prepare(self.path)  # raises LogStoreUnavailable while the file is still unusable
+                self.problem = None
             conn = connect(self.path, readonly=True)
             self._local.conn = conn
             if isinstance(conn, ReadConnection):

@@ -6,11 +6,12 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
 from app.logstore.record import COLUMNS, LogRecord, Row, to_row
-from app.logstore.schema import connect, transaction
+from app.logstore.schema import LogStoreUnavailable, connect, describe, prepare, transaction
 from app.logstore.throttle import Throttle
 
 log = logging.getLogger("app.logstore")
@@ -21,6 +22,9 @@ PRUNE_EVERY_S = 60.0
 PRUNE_BATCH = 1000
 # Per pass, so a big backlog of expired rows never holds up inserts for long; the rest waits one wake-up.
 PRUNE_MAX_ROUNDS = 20
+# While the file cannot be opened, records are dropped (and counted) without touching the disk; it is tried
+# again this often, so the log comes back by itself when the disk does (docs/security.md).
+REOPEN_EVERY_S = 10.0
 _PRUNE_SQL = "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < ? LIMIT ?)"
 
 
@@ -43,8 +47,13 @@ class Writer:
     """Drain a queue of records into SQLite: batches of at most batch_size rows, one short transaction each."""
 
     def __init__(self, path: str, queue: deque[Item], wake: threading.Event, *, batch_size: int,
-                 interval_s: float, retention_days: float | None, clock: Callable[[], float]) -> None:
-        """Prepare (but do not start) a writer for path that reads queue and sleeps on wake."""
+                 interval_s: float, retention_days: float | None, clock: Callable[[], float],
+                 problem: str | None = None, on_failed: Callable[[int], None] | None = None) -> None:
+        """Prepare (but do not start) a writer for path that reads queue and sleeps on wake.
+
+        problem: why the file was unusable when the store opened; the writer then prepares it before writing.
+        on_failed: told how many records were lost each time some are (for the dropped-records metric).
+        """
         self.path = path
         self.conn: sqlite3.Connection | None = None
         self.commits = 0
@@ -60,6 +69,10 @@ class Writer:
         self._next_prune = -math.inf
         self._stopping = False
         self._error_log = Throttle(60.0)
+        self._needs_schema = problem is not None
+        self._on_failed = on_failed
+        self._reopen_at = -math.inf  # the first open is tried at once
+        self._open_problem = problem
         self._thread = threading.Thread(target=self._run, name="portico-logstore-writer", daemon=True)
 
     def start(self) -> None:
@@ -126,7 +139,7 @@ class Writer:
             try:
                 rows.append(to_row(item))
             except Exception as exc:  # one malformed record must not cost its whole batch
-                self.failed += 1
+                self._fail(1)
                 self._report("request log: skipped a malformed record (%s)", exc)
         return rows, markers
 
@@ -135,8 +148,10 @@ class Writer:
         try:
             transaction(self._connection(), lambda conn: conn.executemany(INSERT_SQL, rows), "insert")
         except Exception as exc:
-            self.failed += len(rows)
-            self._report("request log: could not write %d records: %s", len(rows), exc)
+            self._fail(len(rows))
+            self._report("request log %s: could not write %d records, dropped them: %s", self.path, len(rows), exc)
+            # The file may have been replaced or emptied under us: check its schema when reopening.
+            self._needs_schema = True
             self._drop_connection()
             return
         self.commits += 1
@@ -165,10 +180,38 @@ class Writer:
             self._drop_connection()
 
     def _connection(self) -> sqlite3.Connection:
-        """Return this writer's connection, opening it on first use (in the writer thread, in this process)."""
-        if self.conn is None:
+        """Return this writer's connection, opening it on first use (in the writer thread, in this process).
+
+        Raise LogStoreUnavailable without touching the disk while a failed open waits for its next try.
+        """
+        if self.conn is not None:
+            return self.conn
+        now = time.monotonic()
+        if self._open_problem is not None and now < self._reopen_at:
+            raise LogStoreUnavailable(self._open_problem)
+        try:
+            if self._needs_schema:
+                prepare(self.path)
+                self._needs_schema = False
             self.conn = connect(self.path)
+        except Exception as exc:
+            self._open_problem = str(exc) if isinstance(exc, LogStoreUnavailable) else describe(self.path, exc)
+            self._reopen_at = now + REOPEN_EVERY_S
+            self._needs_schema = True
+            raise LogStoreUnavailable(self._open_problem) from None
+        if self._open_problem is not None:
+            self._open_problem = None
+            log.warning("request log %s is available again", self.path)
         return self.conn
+
+    def _fail(self, count: int) -> None:
+        """Count records lost and tell the owner (the metric); never raise from here."""
+        self.failed += count
+        if self._on_failed is not None:
+            try:
+                self._on_failed(count)
+            except Exception:  # a metrics problem must not stop the writer
+                pass
 
     def _drop_connection(self) -> None:
         """Close the connection (if any) so the next write starts from a fresh one."""

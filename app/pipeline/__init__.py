@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from app import redact
 from app.cache import ResponseCache, build_cache, cache_key
 from app.http.body import Body
 from app.http.hosts import HostPolicy
@@ -31,9 +32,12 @@ class Gateway:
             cache = build_cache(settings.cache_backend, settings.cache_max_bytes, settings.cache_max_entry_bytes)
         self.cache = cache
         pricing = PricingTable.default().merged(PricingTable.parse_overrides(settings.pricing))
-        self.log_store = LogStore(settings.logs_path, settings.logs_retention_days) if settings.logs_path else None
         metrics = get_metrics() if settings.metrics_enabled else None
+        # An unusable log file never stops the worker: the store drops and counts records (docs/security.md).
+        self.log_store = None if not settings.logs_path else LogStore(
+            settings.logs_path, settings.logs_retention_days, on_drop=metrics.log_records_dropped if metrics else None)
         self.observer = CallObserver(pricing, self.log_store, metrics, settings.access_log)
+        redact.hold(resolve.held_secrets(settings))  # log lines never show a credential of the gateway file
         self.extras = LeafExtras(cache=self.cache, cache_key=self.cache_key,
                                  hooks_http=upstream.HookHTTP(self.sessions.get, self.policy))
 

@@ -17,16 +17,22 @@ from app.errors import UpstreamUnreachable
 from app.http.failures import cause_of
 from app.http.headers import response_headers
 from app.pipeline.context import RequestContext
+from app.redact import MAX_MASKED_BODY, Secrets, textual
+from app.usage.inflate import InflatedTooLarge, UnsupportedEncoding, encoding_of, inflate
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 _NOT_REPLAYED = frozenset({"content-length", "content-encoding"})
+# A whole body is inflated to at most this unless its reader allows more (docs/security.md): a
+# compressed answer must not cost more memory than the bytes the gateway chose to read of it.
+MAX_DECODED_BODY = 1 << 20
 
 
 class BodyTransform(Protocol):
     """Rewrites a streamed body as it is read (a translated stream)."""
 
     broken: bool  # the transform ended the body early (an error event): the rest is not read
+    backlog: bool  # the transform holds input it has not turned into output yet: feed(b"") goes on with it
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -47,19 +53,21 @@ class Answer:
     first_chunk: bytes = b""
     response: requests.Response | None = field(default=None, repr=False)
     transform: BodyTransform | None = field(default=None, repr=False)
+    source: str = field(default="", repr=False)  # the upstream host that answered ("": a cached answer)
     _ended: bool = field(default=False, repr=False)
 
     @classmethod
     def from_response(cls, response: requests.Response, first_chunk: bytes = b"") -> Answer:
         """Return an answer that relays an upstream response, hop-by-hop headers left out."""
         return cls(response.status_code, response.reason or "", response_headers(response.raw.headers.items()),
-                   first_chunk, response)
+                   first_chunk, response, source=urlsplit(response.url).hostname or "")
 
     @classmethod
-    def whole(cls, status: int, body: bytes, headers: list[tuple[str, str]], reason: str = "") -> Answer:
+    def whole(cls, status: int, body: bytes, headers: list[tuple[str, str]], reason: str = "",
+              source: str = "") -> Answer:
         """Return an answer whose body is all here (cached, or rebuilt by hooks)."""
         kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        return cls(status, reason, kept + [("Content-Length", str(len(body)))], body)
+        return cls(status, reason, kept + [("Content-Length", str(len(body)))], body, source=source)
 
     @property
     def is_whole(self) -> bool:
@@ -102,8 +110,10 @@ class Answer:
                 self._ended = True
                 self.response.raw.close()  # the rest is not read: the connection cannot be reused
                 break
-            raw = read_chunk(self.response)
-            if not raw:
+            # A compressed stream is inflated a bounded step at a time: what is held goes out before more is read.
+            backlog = self.transform.backlog
+            raw = b"" if backlog else read_chunk(self.response)
+            if not raw and not backlog:
                 self._ended = True
                 return self.transform.finish()
             out = self.transform.feed(raw)
@@ -111,14 +121,24 @@ class Answer:
                 return out
         return b""
 
-    def decoded_body(self) -> bytes:
-        """Return a whole body with its Content-Encoding undone (gzip, deflate)."""
-        encoding = (self.header("content-encoding") or "identity").lower()
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(self.first_chunk, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(self.first_chunk)
-        return self.first_chunk
+    def decoded_body(self, limit: int = MAX_DECODED_BODY) -> bytes:
+        """Return a whole body with its Content-Encoding (gzip, deflate) undone, inflated to at most limit bytes.
+
+        A body that inflates further, or more than 100 times its size, is refused as a compression bomb, and
+        one that does not inflate is refused too: both as a 502 naming the host (docs/security.md).
+        """
+        try:
+            encoding = encoding_of(self.header("content-encoding"))
+        except UnsupportedEncoding:
+            return self.first_chunk  # br, zstd: not decoded by the gateway, read as they are
+        if encoding is None:
+            return self.first_chunk
+        try:
+            return inflate(self.first_chunk, encoding, limit)
+        except InflatedTooLarge as err:
+            raise UpstreamUnreachable(bomb_message(self.source, err.limit)) from None
+        except zlib.error:
+            raise UpstreamUnreachable(undecodable_message(self.source, encoding)) from None
 
     def replay_headers(self) -> tuple[tuple[str, str], ...]:
         """Return the headers worth keeping with a stored copy: the content type and encoding."""
@@ -127,7 +147,7 @@ class Answer:
     def with_body(self, status: int, body: bytes) -> Answer:
         """Return a whole answer with a new (decoded) body and status, other headers kept."""
         headers = [(k, v) for k, v in self.headers if k.lower() not in _NOT_REPLAYED]
-        return Answer.whole(status, body, headers)
+        return Answer.whole(status, body, headers, source=self.source)
 
     def discard(self, drain_limit: int = 64 * 1024) -> None:
         """Let go of an answer that will not be relayed; keep the connection when its rest is small."""
@@ -143,6 +163,20 @@ class Answer:
                 response.close()
         except Exception:  # noqa: BLE001 - a broken connection being dropped needs no further care
             response.close()
+
+
+def bomb_message(source: str, limit: int) -> str:
+    """Return the error of an answer that inflates past what the gateway reads of it."""
+    return f"{_which(source)} decompresses beyond {limit} bytes; refused as a compression bomb"
+
+
+def undecodable_message(source: str, encoding: str) -> str:
+    """Return the error of an answer that does not inflate as its Content-Encoding says."""
+    return f"{_which(source)} does not decompress as its Content-Encoding ({encoding}) says"
+
+
+def _which(source: str) -> str:
+    return f"The answer from upstream host {source}" if source else "A cached answer"
 
 
 def read_chunk(response: requests.Response) -> bytes:
@@ -229,3 +263,29 @@ class Relay:
         finally:
             if self.on_close is not None:
                 self.on_close()
+
+
+def masked_error(answer: Answer, secrets: Secrets, any_type: bool = False) -> Answer:
+    """Return an upstream error answer with the call's credentials masked in its body (docs/security.md).
+
+    Only error answers (status >= 400) of a readable type and at most MAX_MASKED_BODY bytes are read;
+    an answer that quotes no credential is returned unchanged, byte for byte, encoding and all.
+    """
+    if answer.status < 400 or not secrets or not (any_type or textual(answer.header("content-type"))):
+        return answer
+    try:
+        complete = answer.read_all(MAX_MASKED_BODY)
+    except Exception:
+        if answer.response is not None:
+            answer.response.close()  # broken off mid-body: the connection cannot be reused
+        raise
+    if not complete:
+        return answer  # too large to search: relayed as it comes
+    try:
+        body = answer.decoded_body()
+    except Exception:  # noqa: BLE001 - a body that does not decode cannot be read by the client either
+        return answer
+    masked = secrets.mask_bytes(body)
+    if masked == body:
+        return answer
+    return answer.with_body(answer.status, masked)

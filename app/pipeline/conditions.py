@@ -12,17 +12,16 @@ only when evaluation happens to reach the faulty part.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from app.config.models import Strategy, Target
 from app.errors import BadRequest
+from app.textmatch import PatternRefused, compile_pattern
 
 MAX_DEPTH = 32  # nested $and/$or levels; keeps hostile queries from exhausting the stack
 MAX_REGEX_LENGTH = 1000
-# Python's re has no timeout; bounding the subject keeps a backtracking pattern's cost bounded-ish.
+# $regex runs in linear time (app.textmatch, docs/security.md); bounding the subject bounds one search.
 MAX_REGEX_SUBJECT_LENGTH = 100_000
 
 LOGICAL_OPERATORS = ("$and", "$or")
@@ -137,7 +136,7 @@ def _compile_operator(operator: Any, arg: Any, path: str) -> Callable[[Any], boo
     if operator in ("$in", "$nin"):
         return _compile_membership(operator, arg)
     if operator == "$regex":
-        return _compile_regex(arg)
+        return _compile_regex(arg, path)
     return _compile_ordering(operator, arg)
 
 
@@ -181,29 +180,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _compile_regex(arg: Any) -> Callable[[Any], bool]:
-    """Compile `$regex`; it matches (re.search) string values only."""
+def _compile_regex(arg: Any, path: str) -> Callable[[Any], bool]:
+    """Compile `$regex` on the linear-time engine; it matches (searches) string values only."""
     if not isinstance(arg, str):
-        raise BadRequest("Invalid regex in the query router: the pattern must be a string")
+        raise BadRequest(f"Invalid regex in the query router: {path}: the pattern must be a string")
     if len(arg) > MAX_REGEX_LENGTH:
-        raise BadRequest(f"Invalid regex in the query router: pattern longer than {MAX_REGEX_LENGTH} characters")
-    pattern = _compile_pattern(arg)
+        raise BadRequest(f"Invalid regex in the query router: {path}: pattern longer than {MAX_REGEX_LENGTH} "
+                         "characters")
+    try:
+        pattern = compile_pattern(arg)
+    except PatternRefused as err:
+        raise BadRequest(f"Invalid regex in the query router: {path}: {err}") from None
 
     def search(value: Any) -> bool:
         if not isinstance(value, str) or len(value) > MAX_REGEX_SUBJECT_LENGTH:
             return False
-        return pattern.search(value) is not None
+        return pattern.found_in(value)
 
     return search
-
-
-@lru_cache(maxsize=256)
-def _compile_pattern(source: str) -> re.Pattern[str]:
-    """Compile a regex once per process; configs repeat the same few patterns on every request."""
-    try:
-        return re.compile(source)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise BadRequest(f"Invalid regex in the query router: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------

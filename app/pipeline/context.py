@@ -51,6 +51,9 @@ class RequestContext:
     forward: tuple[str, ...] = ()
     target: ResolvedTarget | None = None
     config: ConfigTarget | None = None
+    # Who holds the config when the gateway does (e.g. "saved config 'pc-prod'"); None when the client sent it.
+    # Credentials and hosts in a held config are the operator's; a client's never mix with them (docs/security.md).
+    held_config: str | None = None
     body: Body | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None

@@ -80,7 +80,8 @@ def run_after(ctx: RequestContext, hooks: LeafHooks, answer: Answer, before_fail
         return _flagged(answer, before_failed)
     if not hooks.after:
         return _with_results(ctx, answer, before_failed)
-    response_json = _json_object(answer.decoded_body())
+    # Inflated to the same bound as it was read to: a compressed answer costs no more (docs/security.md).
+    response_json = _json_object(answer.decoded_body(MAX_HOOKED_BODY))
     after_failed = False
     if hooks.after and answer.status == 200 and ctx.endpoint in AFTER_ENDPOINTS and response_json is not None:
         request_json = ctx.body_json() if isinstance(ctx.body_json(), Mapping) else None

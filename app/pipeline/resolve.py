@@ -13,7 +13,8 @@ from app.config.schema import parse_config
 from app.errors import BadRequest
 from app.http.body import Body
 from app.pipeline.context import UNIFIED, RequestContext, ResolvedTarget
-from app.providers.registry import get_provider, header_options
+from app.providers.registry import Provider, get_provider, header_options
+from app.redact import CREDENTIAL_OPTIONS, Secrets
 from app.settings import Settings
 
 NO_PROVIDER = ("Either x-portkey-provider needs to be passed. Or the x-portkey-config header should have a valid "
@@ -26,7 +27,11 @@ def load_config(ctx: RequestContext, settings: Settings) -> None:
     if raw_config:
         text = raw_config.strip()
         saved = settings.configs.get(text)
-        ctx.config = saved if isinstance(saved, Target) else parse_config_text(text)
+        if isinstance(saved, Target):
+            ctx.config = saved
+            ctx.held_config = f"saved config {text[:64]!r}"
+        else:
+            ctx.config = parse_config_text(text)
         ctx.option_index = "config"
     elif ctx.headers.get("x-portkey-provider") or _catalog_model(ctx):
         ctx.config = Target()
@@ -57,7 +62,7 @@ def resolve_leaf(leaf: Target, ctx: RequestContext, settings: Settings) -> Resol
         fields["api_key"] = leaf.api_key
     if leaf.custom_host:
         fields["custom_host"] = leaf.custom_host
-    return build_target(provider_ref, fields, ctx, settings)
+    return build_target(provider_ref, fields, ctx, settings, held_by=ctx.held_config)
 
 
 def leaf_body(leaf: Target, ctx: RequestContext) -> Body | None:
@@ -87,13 +92,15 @@ def _catalog_model(ctx: RequestContext) -> tuple[str, str] | None:
     return None
 
 
-def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestContext,
-                 settings: Settings) -> ResolvedTarget:
-    """Return the ResolvedTarget for a slug or `@name`, with its credential, options and custom host."""
+def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestContext, settings: Settings,
+                 held_by: str | None = None) -> ResolvedTarget:
+    """Return the ResolvedTarget for a slug or `@name`, with its credential, options and custom host.
+
+    `fields` (api_key, custom_host, provider options) are held on the gateway by `held_by` (a saved
+    config), or sent by the client when it is None.
+    """
     catalog_name = None
-    credential = fields.get("api_key")
-    custom_host = fields.get("custom_host")
-    options = {k: v for k, v in fields.items() if k not in ("api_key", "custom_host")}
+    layers: list[tuple[Mapping[str, str], str | None]] = []  # (values, who holds them), lowest precedence first
     if provider_ref.startswith("@"):
         entry = settings.catalog.get(provider_ref[1:])
         if entry is None:
@@ -101,17 +108,57 @@ def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestConte
                              "in the gateway file")
         catalog_name = entry.name
         provider = get_provider(entry.provider)
-        credential = credential or entry.api_key
-        custom_host = custom_host or entry.custom_host
-        options = {**entry.options, **options}
+        own = {"api_key": entry.api_key, "custom_host": entry.custom_host}
+        layers.append(({**entry.options, **{k: v for k, v in own.items() if v}}, f"@{entry.name}"))
     else:
         provider = get_provider(provider_ref)
-    options = {**options, **header_options(provider, ctx.headers)}
+    layers.append((fields, held_by))
+    values, origins = _merge(layers, provider, ctx.headers)
+    _check_held_credential(values, origins, provider)
+    credential = values.pop("api_key", None)
+    custom_host = values.pop("custom_host", None)
     if credential is None:
         credential = client_credential(ctx.headers)
-    header_host = ctx.headers.get("x-portkey-custom-host")
-    return ResolvedTarget(provider=provider, credential=credential, options=options,
-                          custom_host=header_host or custom_host, catalog_name=catalog_name)
+    return ResolvedTarget(provider=provider, credential=credential, options=values,
+                          custom_host=custom_host, catalog_name=catalog_name)
+
+
+# Where a value came from: who holds it on the gateway (None: the client sent it), and how an error names it.
+Origin = tuple[str | None, str]
+# What reaches a provider that must stay on the gateway when the gateway holds it (docs/security.md).
+SECRETS = ("api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
+def _merge(layers: list[tuple[Mapping[str, str], str | None]], provider: Provider,
+           headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Origin]]:
+    """Return the target's values (later layers win, the client's headers last) and where each came from."""
+    values: dict[str, str] = {}
+    origins: dict[str, Origin] = {}
+    for layer, holder in layers:
+        for name, value in layer.items():
+            values[name] = value
+            origins[name] = (holder, f"{name} in the config")
+    sent = header_options(provider, headers)
+    names = {name: f"x-portkey-{suffix}" for suffix, name in (provider.option_headers or {}).items()}
+    if headers.get("x-portkey-custom-host"):
+        sent["custom_host"] = headers["x-portkey-custom-host"]
+        names["custom_host"] = "x-portkey-custom-host"
+    for name, value in sent.items():
+        values[name] = value
+        origins[name] = (None, names[name])
+    return values, origins
+
+
+def _check_held_credential(values: Mapping[str, str], origins: Mapping[str, Origin], provider: Provider) -> None:
+    """Refuse a client-chosen host for a credential the gateway holds: it only goes to its own host."""
+    holder = next((origins[name][0] for name in SECRETS if name in values and origins[name][0]), None)
+    if holder is None:
+        return
+    # What picks the host: a custom host, else the option naming the provider account (Azure's resource).
+    host_field = "custom_host" if "custom_host" in values else provider.account_option
+    if host_field and host_field in values and origins[host_field][0] is None:
+        raise BadRequest(f"{origins[host_field][1]} cannot be used with {holder}: a credential held on the gateway "
+                         "only goes to its own host (bring your own provider key to use a host of your choice)")
 
 
 def client_credential(headers: Mapping[str, str]) -> str | None:
@@ -135,3 +182,18 @@ def merged(parent: Target, child: Target) -> Target:
     if not changes:
         return child
     return replace(child, **changes)
+
+
+def held_secrets(settings: Settings) -> Secrets:
+    """Return the credentials the gateway file holds: catalog entries' and saved configs' keys."""
+    found: list[str | None] = []
+    for entry in settings.catalog.values():
+        found += [entry.api_key, *(entry.options.get(name) for name in CREDENTIAL_OPTIONS)]
+    stack: list[object] = list(settings.configs.values())
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, Target):
+            continue
+        found += [node.api_key, *(node.provider_options.get(name) for name in CREDENTIAL_OPTIONS)]
+        stack.extend(node.targets)
+    return Secrets(found)

@@ -11,18 +11,21 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri
 
-from app.errors import UpstreamTimeout, UpstreamUnreachable
+from app.errors import BadRequest, InvalidCustomHost, UpstreamTimeout, UpstreamUnreachable
 from app.http.body import Body
+from app.http.deadline import Deadline
 from app.http.failures import cause_of, caused_by
 from app.http.headers import forwarded_headers, proxy_headers
-from app.http.hosts import HostPolicy, PinnedHost
-from app.pipeline.answer import Answer, read_chunk
+from app.http.hosts import HostPolicy, PinnedHost, UnresolvedHost
+from app.pipeline.answer import Answer, masked_error, read_chunk
 from app.pipeline.context import PROXY, RequestContext, ResolvedTarget
 from app.providers import aws
 from app.providers.registry import SIGV4
+from app.redact import call_secrets
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,11 +33,9 @@ CHUNK = 64 * 1024
 
 
 def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy) -> tuple[str, PinnedHost | None]:
-    """Return the upstream URL of this call and the checked custom host, if one is used."""
-    pinned = None
+    """Return the upstream URL of this call and the checked host to connect to (None: connect by name)."""
     if target.custom_host:
-        pinned = policy.check(target.custom_host)
-        base = pinned.base_url
+        base = policy.check(target.custom_host).base_url
     else:
         base = target.provider.base_for(target.options)
     extra: dict[str, str] = {}
@@ -51,7 +52,31 @@ def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy
     else:
         path, extra = target.provider.unified_path(ctx.rest, target.options)
     query = "&".join(q for q in (query, urlencode(extra)) if q)
-    return base.rstrip("/") + path + ("?" + query if query else ""), pinned
+    url = base.rstrip("/") + path + ("?" + query if query else "")
+    return url, checked_host(url, policy, provider_host=not target.custom_host)
+
+
+def checked_host(url: str, policy: HostPolicy, provider_host: bool) -> PinnedHost | None:
+    """Run where the final URL goes through the custom-host policy, whatever built it (docs/security.md).
+
+    Only the origin (scheme, host, port) is checked, so the policy's memo of accepted hosts stays hot.
+    """
+    parts = urlsplit(url)
+    try:
+        return policy.check(f"{parts.scheme}://{parts.netloc}")
+    except UnresolvedHost:
+        if not provider_host:
+            raise
+        # A provider's own host with no address here: connect by name as before, which fails the same way
+        # (502), or lets a proxy that the gateway's own lookups cannot see resolve it.
+        return None
+    except InvalidCustomHost as refused:
+        if not provider_host:
+            raise
+        reason = (refused.errors or [refused.message])[0].removeprefix("custom host ")
+        raise BadRequest("Invalid upstream host", errors=[
+            f"upstream host {reason}; if the gateway reaches this provider over a private network, "
+            "add the host to custom_hosts.allow"]) from None
 
 
 def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple[str, ...],
@@ -74,6 +99,8 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
          forward: tuple[str, ...], session: requests.Session, policy: HostPolicy, settings: Settings) -> Answer:
     """Make one attempt; a 2xx answer must deliver its first chunk too (so a dead stream can still fall back)."""
     url, pinned = upstream_url(ctx, target, policy)
+    if pinned is not None and not target.custom_host and _through_proxy(session, url):
+        pinned = None  # the proxy makes the connection to the provider's own host: there is no socket to pin
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
     if target.provider.auth == SIGV4:
@@ -89,7 +116,8 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
         # The request timeout covers the wait for headers; a started answer is not cut by it.
         _set_read_timeout(response, settings.read_timeout_s)
     if not 200 <= response.status_code < 300:
-        return Answer.from_response(response)
+        # An error may quote the credential it was sent: masked before anyone reads it (docs/security.md).
+        return masked_error(Answer.from_response(response), call_secrets(ctx.headers, target), ctx.native is not None)
     try:
         return Answer.from_response(response, read_chunk(response))
     except UpstreamUnreachable:
@@ -98,22 +126,43 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
 
 
 def dispatch(session: requests.Session, prepared: requests.PreparedRequest, pinned: PinnedHost | None,
-             timeout: tuple[float, float], timeout_ms: int | None) -> requests.Response:
-    """Send a prepared request to the checked address; the one place transport failures are translated."""
+             timeout: tuple[float, float], timeout_ms: int | None, wait: Deadline | None = None) -> requests.Response:
+    """Send a prepared request to the checked address; the one place transport failures are translated.
+
+    Connect, sending and the wait for the response headers share one deadline of timeout[1] seconds: a host
+    that trickles bytes cannot stretch it (docs/security.md). A caller that reads the answer within the same
+    deadline opens it itself and passes it as `wait`, and must check `wait.expired` after reading.
+    """
     url = prepared.url or ""
     if pinned is not None and pinned.address is not None and pinned.address != pinned.host:
         prepared.pinned_address = pinned.address  # type: ignore[attr-defined]
         prepared.headers["Host"] = _host_header(pinned)
     proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"] if session.trust_env else None
+    if wait is not None:
+        return _send_within(session, prepared, timeout, timeout_ms, proxies, wait)
+    with Deadline(timeout[1]) as own:
+        response = _send_within(session, prepared, timeout, timeout_ms, proxies, own)
+    if own.expired:
+        # The deadline passed as the headers came in: what was read may be cut short, so it is not used.
+        response.close()
+        raise _timed_out(url, timeout_ms)
+    return response
+
+
+def _send_within(session: requests.Session, prepared: requests.PreparedRequest, timeout: tuple[float, float],
+                 timeout_ms: int | None, proxies: Any, wait: Deadline) -> requests.Response:
+    url = prepared.url or ""
     try:
         # The adapter, not Session.send: the session's redirect handling would read (and decode) a 3xx body.
         return session.get_adapter(url).send(prepared, stream=True, timeout=timeout, proxies=proxies)
     except requests.exceptions.RequestException as err:
-        raise _translate(err, url, timeout_ms) from err
+        # Past the deadline the watchdog shut the socket: whatever broke, the cause is the deadline.
+        raise (_timed_out(url, timeout_ms) if wait.expired else _translate(err, url, timeout_ms)) from err
 
 
 class HookHTTP:
-    """The HTTP client of guardrail checks (webhook, JWKS): pooled session, custom-host policy, hard timeouts."""
+    """The HTTP client of guardrail checks (webhook, JWKS): pooled session, custom-host policy, and a timeout
+    that is a deadline for the whole call, connect to the last byte of the answer (docs/security.md)."""
 
     MAX_ANSWER_BYTES = 1024 * 1024
 
@@ -138,11 +187,21 @@ class HookHTTP:
         pinned = self.policy.check(f"{parts.scheme}://{parts.netloc}")
         rest = parts.path + ("?" + parts.query if parts.query else "")
         prepared = prepare(method, pinned.base_url + rest, dict(headers), body, False)
-        response = dispatch(self.sessions(), prepared, pinned, (timeout_s, timeout_s), int(timeout_s * 1000))
-        try:
-            raw = response.raw.read(self.MAX_ANSWER_BYTES + 1, decode_content=True)
-        finally:
-            response.close()
+        timeout_ms = int(timeout_s * 1000)
+        # One deadline for the whole call, the answer's body included (docs/security.md).
+        with Deadline(timeout_s) as wait:
+            try:
+                response = dispatch(self.sessions(), prepared, pinned, (timeout_s, timeout_s), timeout_ms, wait)
+                try:
+                    raw = response.raw.read(self.MAX_ANSWER_BYTES + 1, decode_content=True)
+                finally:
+                    response.close()
+            except (OSError, urllib3.exceptions.HTTPError) as err:
+                if wait.expired:
+                    raise UpstreamTimeout(timeout_ms) from err
+                raise
+        if wait.expired:  # the body came as the deadline passed: it may be cut short
+            raise UpstreamTimeout(timeout_ms)
         if len(raw) > self.MAX_ANSWER_BYTES:
             return response.status_code, None
         try:
@@ -169,6 +228,14 @@ def prepare(method: str, url: str, headers: dict[str, str], body: Body | None,
     return prepared
 
 
+def _through_proxy(session: requests.Session, url: str) -> bool:
+    """Return True when the session sends this URL through an HTTP(S) proxy ([upstream] trust_env)."""
+    if not session.trust_env:
+        return False
+    proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"]
+    return bool(requests.utils.select_proxy(url, proxies))
+
+
 def _timeouts(timeout_ms: int | None, settings: Settings) -> tuple[float, float]:
     if timeout_ms is not None:
         seconds = timeout_ms / 1000
@@ -186,6 +253,14 @@ def _set_read_timeout(response: requests.Response, seconds: float) -> None:
 def _host_header(pinned: PinnedHost) -> str:
     default = 443 if pinned.scheme == "https" else 80
     return pinned.host if pinned.port == default else f"{pinned.host}:{pinned.port}"
+
+
+def _timed_out(url: str, timeout_ms: int | None) -> Exception:
+    """Return the error of a wait cut by its deadline: 408 for the request's own timeout, else 502."""
+    if timeout_ms is not None:
+        return UpstreamTimeout(timeout_ms)
+    host = urlsplit(url).hostname or "the upstream"
+    return UpstreamUnreachable(f"Could not get an answer from upstream host {host}: timed out")
 
 
 def _translate(err: requests.exceptions.RequestException, url: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,52 @@ _AZURE_OPTIONS = {"azure-resource-name": "resource_name", "azure-deployment-id":
 _AWS_OPTIONS = {"aws-region": "aws_region", "aws-access-key-id": "aws_access_key_id",
                 "aws-secret-access-key": "aws_secret_access_key", "aws-session-token": "aws_session_token"}
 _VERTEX_OPTIONS = {"vertex-project-id": "vertex_project_id", "vertex-region": "vertex_region"}
+_SHOWN = 64  # how much of a refused option value an error echoes
+
+
+@dataclass(frozen=True)
+class OptionForm:
+    """The form a provider option must have, because it becomes part of an upstream host, path or query."""
+
+    pattern: re.Pattern[str]
+    expected: str
+
+
+def _form(pattern: str, expected: str) -> OptionForm:
+    return OptionForm(re.compile(pattern, re.ASCII), expected)
+
+
+# Every provider option that ends up in an upstream URL, with its real grammar: letters, digits and
+# the few separators each name allows, so none can add a host, port, userinfo, path, query or
+# fragment (docs/security.md). Checked wherever an option enters: headers, configs, catalog entries.
+URL_OPTIONS: Mapping[str, OptionForm] = {
+    "resource_name": _form(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}[A-Za-z0-9]",
+                           "an Azure resource name: 2-64 letters, digits and hyphens, "
+                           "not starting or ending with a hyphen (e.g. my-resource)"),
+    "deployment_id": _form(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                           "an Azure deployment name: up to 64 letters, digits, '-', '_' and '.', "
+                           "starting with a letter or digit (e.g. gpt-4o-prod)"),
+    "api_version": _form(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-[a-z0-9]{1,16})?|[a-z0-9]{1,16}",
+                         "an Azure API version (e.g. 2024-10-21, 2024-10-01-preview or preview)"),
+    "aws_region": _form(r"[a-z]{2}(?:-[a-z]{1,16}){1,3}-[0-9]{1,2}",
+                        "an AWS region (e.g. us-east-1 or us-gov-west-1)"),
+    "vertex_region": _form(r"global|[a-z]{1,20}-[a-z]{1,20}[0-9]{1,2}",
+                           "a Google Cloud region (e.g. us-central1 or europe-west4) or global"),
+    # A project id (6-30 characters), a project number, or a legacy domain-scoped id (example.com:my-project).
+    "vertex_project_id": _form(r"(?:[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+                               r"|[0-9]{1,20}",
+                               "a Google Cloud project id: 6-30 lowercase letters, digits and hyphens, "
+                               "starting with a letter (e.g. my-project-123), or a project number"),
+}
+
+
+def option_problem(name: str, value: str) -> str | None:
+    """Return why a provider option cannot go into an upstream URL, or None when it can."""
+    form = URL_OPTIONS.get(name)
+    if form is None or form.pattern.fullmatch(value):
+        return None
+    shown = repr(value[:_SHOWN]) + ("..." if len(value) > _SHOWN else "")
+    return f"must be {form.expected}; got {shown}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +82,9 @@ class Provider:
     auth: str = BEARER
     native_format: str | None = OPENAI_FORMAT
     option_headers: Mapping[str, str] | None = None
+    # The option naming the one account a credential belongs to (an Azure key opens one resource): with a
+    # credential held on the gateway only the operator may set it (docs/security.md).
+    account_option: str | None = None
 
     def base_for(self, options: Mapping[str, str]) -> str:
         """Return the base URL, filling in resource or region from the options."""
@@ -92,6 +142,10 @@ def _required(options: Mapping[str, str], name: str, header: str, slug: str) -> 
     value = options.get(name)
     if not value:
         raise BadRequest(f"{slug} needs {name}: send the {header} header or set it in the catalog entry")
+    # Checked where options enter too; checked again here, where the URL is built, whatever the source.
+    problem = option_problem(name, value)
+    if problem:
+        raise BadRequest(f"Invalid {name} ({header}): {problem}")
     return value
 
 
@@ -102,7 +156,7 @@ def _bearer(slug: str, base_url: str | None) -> Provider:
 PROVIDERS: dict[str, Provider] = {p.slug: p for p in (
     Provider("openai", "https://api.openai.com/v1", option_headers=_OPENAI_OPTIONS),
     Provider("anthropic", "https://api.anthropic.com/v1", ANTHROPIC, ANTHROPIC_FORMAT, _ANTHROPIC_OPTIONS),
-    Provider("azure-openai", None, AZURE, OPENAI_FORMAT, _AZURE_OPTIONS),
+    Provider("azure-openai", None, AZURE, OPENAI_FORMAT, _AZURE_OPTIONS, account_option="resource_name"),
     Provider("cohere", "https://api.cohere.ai/v1", native_format=None),
     Provider("google", "https://generativelanguage.googleapis.com", GOOGLE, None),
     Provider("vertex-ai", None, BEARER, None, _VERTEX_OPTIONS),
@@ -130,10 +184,37 @@ def get_provider(slug: str) -> Provider:
 
 
 def header_options(provider: Provider, headers: Mapping[str, str]) -> dict[str, str]:
-    """Return the provider options sent as x-portkey-* headers, for this provider only."""
+    """Return the provider options sent as x-portkey-* headers, for this provider only; a malformed one is a 400."""
     options: dict[str, str] = {}
     for suffix, name in (provider.option_headers or {}).items():
         value = headers.get(f"x-portkey-{suffix}")
         if value:
+            odd = odd_character(value)  # the HTTP parser keeps out CR and LF, not every control (docs/security.md)
+            if odd is not None:
+                raise BadRequest(f"Invalid x-portkey-{suffix} header", errors=[f"x-portkey-{suffix}: {odd}"])
+            problem = option_problem(name, value)
+            if problem:
+                raise BadRequest(f"Invalid x-portkey-{suffix} header: {problem}")
             options[name] = value
     return options
+
+
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_BEYOND_LATIN_1 = re.compile("[^\x00-\xff]")
+
+
+def odd_character(text: str, in_header: bool = True) -> str | None:
+    """Return what keeps text out of an upstream header or URL part, or None when nothing does.
+
+    CR and LF would split a header (requests refuses them), other controls and lone surrogates
+    cannot be sent or encoded, and a header carries Latin-1 only (docs/security.md).
+    """
+    found = _CONTROL_OR_SURROGATE.search(text)
+    if found is not None:
+        code = ord(found.group())
+        kind = "a lone surrogate" if code >= 0xD800 else "a control character"
+        return f"contains {kind} (U+{code:04X})"
+    found = _BEYOND_LATIN_1.search(text) if in_header else None
+    if found is not None:
+        return f"contains a character an HTTP header cannot carry (U+{ord(found.group()):04X})"
+    return None

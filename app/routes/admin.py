@@ -6,21 +6,41 @@ import base64
 import hashlib
 import hmac
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.errors import BadRequest, GatewayError, Unauthorized
+from app.logstore import LogStoreUnavailable
 
 bp = Blueprint("admin", __name__)
 MAX_RANGE_S = 366 * 24 * 3600
 _GROUPS = ("provider", "model", "key")
+T = TypeVar("T")
 
 
 class AdminOff(GatewayError):
     """The admin API has no key configured."""
 
     status = 403
+
+
+class LogsUnavailable(GatewayError):
+    """The request-log file cannot be read right now; gateway calls are still served (docs/security.md)."""
+
+    status = 503
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"The request log is unavailable ([logs] path: {problem}); gateway calls are still served")
+
+
+def read_logs(read: Callable[[], T]) -> T:
+    """Run a read of the request log, answering 503 (not 500) when its file cannot be read."""
+    try:
+        return read()
+    except LogStoreUnavailable as err:
+        raise LogsUnavailable(str(err)) from None
 
 
 def _presented_key() -> str | None:
@@ -93,12 +113,12 @@ def logs() -> Response:
     status_class = status if status in ("2xx", "3xx", "4xx", "5xx") else None
     if status and status_class is None and not status.isdigit():
         raise BadRequest("Query parameter status must be a status code or one of 2xx, 3xx, 4xx, 5xx")
-    rows = _store().query(
+    rows = read_logs(lambda: _store().query(
         since=_number("since"), until=_number("until"), key_name=request.args.get("key") or None,
         provider=request.args.get("provider") or None, status=int(status) if status.isdigit() else None,
         status_class=status_class, trace_id=request.args.get("trace_id") or None,
         metadata=_metadata_filter() or None, limit=_int_arg("limit", 100, 1, 1000),
-        before_id=_int_arg("before_id", None, 1, 2**62))
+        before_id=_int_arg("before_id", None, 1, 2**62)))
     return jsonify(logs=rows, next_before_id=rows[-1]["id"] if rows and "id" in rows[-1] else None)
 
 
@@ -114,7 +134,7 @@ def analytics() -> Response:
     if not (group_by in _GROUPS or group_by.startswith("metadata:") or group_by.startswith("time:")):
         raise BadRequest("group_by must be provider, model, key, metadata:<tag> or time:<seconds>")
     try:
-        groups = _store().analytics(since=since, until=until, group_by=group_by)
+        groups = read_logs(lambda: _store().analytics(since=since, until=until, group_by=group_by))
     except ValueError as err:
         raise BadRequest(str(err)) from None
     return jsonify(since=since, until=until, group_by=group_by, groups=groups)

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, request
 
 from app.errors import BadRequest
-from app.routes.admin import require_admin_key
+from app.routes.admin import read_logs, require_admin_key
 
 _HERE = Path(__file__).resolve().parent
 bp = Blueprint("dashboard", __name__, template_folder=str(_HERE.parent / "templates"),
@@ -69,7 +69,7 @@ def dashboard() -> Response:
         raise BadRequest(f"Query parameter range must be one of {', '.join(RANGES)}")
     now = time.time()
     store = current_app.extensions["portico"].log_store
-    view = _collect(store, chosen, now) if store is not None else None
+    view = read_logs(lambda: _collect(store, chosen, now)) if store is not None else None
     html = render_template("dashboard.html", ranges=RANGES.values(), chosen=chosen, view=view, latest_rows=LATEST_ROWS,
                            updated=_clock(now, seconds=True))
     response = Response(html, mimetype="text/html")

@@ -5,19 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import zlib
+from collections.abc import Iterator
 from dataclasses import replace
+from itertools import chain
 from typing import Any
 
 from app.errors import BadRequest, GatewayError, UpstreamUnreachable
 from app.http.body import Body
-from app.pipeline.answer import Answer
+from app.pipeline.answer import Answer, bomb_message, undecodable_message
 from app.translate.base import CallFacts, ChunkParser, NativeRequest, UpstreamBroke
 from app.translate.errors import unified_error
-from app.translate.fronts import Front, StreamWriter, dumps
+from app.translate.fronts import Front, StreamWriter, dumps, refuse_lone_surrogates
+from app.usage.inflate import Inflater, UnsupportedEncoding, encoding_of
 
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 << 20  # a whole answer is parsed in memory to be translated; past this it is refused
+# A compressed answer (the gateway asks for none) inflates to at most this, and a compressed stream to at most
+# MAX_ANSWER_BYTES, a step at a time: a compression bomb costs bounded memory and work (docs/security.md).
+MAX_INFLATED_BYTES = 32 << 20
+MAX_ERROR_BYTES = 1 << 20  # an error body, read and inflated, before its message is masked and relayed
+STREAM_STEP = 256 * 1024  # inflated bytes of a compressed stream translated per read of the relay
 _DROPPED = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding"})
 _JSON = ("Content-Type", "application/json")
 _SSE = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
@@ -36,6 +44,7 @@ class Translator:
         """Return the native body for the client's parsed JSON body (and keep the native path)."""
         if not isinstance(data, dict):
             raise BadRequest(f"{self.front.endpoint} needs a JSON object body with Content-Type: application/json")
+        refuse_lone_surrogates(data)
         unified = self.front.request(data)
         self.facts = with_body(self.facts, unified)
         self.native = self.adapter.request(unified, self.facts)
@@ -45,15 +54,17 @@ class Translator:
         """Return the answer in the client's format: an error body, a translated stream, or a whole body."""
         headers = [(k, v) for k, v in answer.headers if k.lower() not in _DROPPED]
         if not 200 <= answer.status < 300:
-            raw = self._whole(answer, 1 << 20)
+            raw = self._whole(answer, MAX_ERROR_BYTES, MAX_ERROR_BYTES)
             error = unified_error(self.facts.provider, answer.status, raw, answer.header("x-amzn-errortype"))
             return Answer.whole(answer.status, dumps(self.front.error(error)), headers + [_JSON], answer.reason)
         if self.facts.stream and _is_stream(answer.header("content-type")):
             transform = StreamTransform(self.adapter.stream(self.facts), self.front.stream(self.facts),
-                                        self.facts.provider, answer.header("content-encoding"))
-            first = transform.feed(answer.first_chunk)
-            return Answer(answer.status, answer.reason, headers + _SSE, first, answer.response, transform)
-        raw = self._whole(answer, MAX_ANSWER_BYTES)
+                                        self.facts.provider, answer.header("content-encoding"), answer.source)
+            stream = Answer(answer.status, answer.reason, headers + _SSE, b"", answer.response, transform,
+                            source=answer.source)
+            stream.first_chunk = first_output(stream, transform, answer.first_chunk)
+            return stream
+        raw = self._whole(answer, MAX_ANSWER_BYTES, MAX_INFLATED_BYTES)
         try:
             native = json.loads(raw)
         except ValueError:
@@ -69,37 +80,58 @@ class Translator:
                                       "be translated") from None
         return Answer.whole(answer.status, dumps(translated), headers + [_JSON], answer.reason)
 
-    def _whole(self, answer: Answer, limit: int) -> bytes:
+    def _whole(self, answer: Answer, limit: int, inflated_limit: int) -> bytes:
         if not answer.read_all(limit):
             answer.discard()
             raise UpstreamUnreachable(f"{self.facts.provider} answered with more than {limit >> 20} MiB; "
                                       "too large to translate")
-        try:
-            return answer.decoded_body()
-        except zlib.error:
-            raise UpstreamUnreachable(f"{self.facts.provider} answered with a body that does not decompress") from None
+        return answer.decoded_body(inflated_limit)
+
+
+def first_output(stream: Answer, transform: StreamTransform, first_chunk: bytes) -> bytes:
+    """Return a translated stream's first bytes for the client, reading on until there are some (or it ended).
+
+    Until the client has had a byte, an upstream that breaks off (or whose stream cannot be inflated) is a
+    failed attempt that retries and fallbacks move on from (docs/security.md); after it, a break cuts the
+    client's stream and a stream that cannot be inflated ends in an error event.
+    """
+    try:
+        return transform.feed(first_chunk) or stream.next_chunk()
+    except GatewayError:
+        if stream.response is not None:
+            stream.response.close()  # broken off or refused mid-body: the connection cannot be reused
+        raise
 
 
 class StreamTransform:
     """Turns a provider's stream into the client's, event by event, as the bytes arrive."""
 
-    def __init__(self, parser: ChunkParser, writer: StreamWriter, provider: str, encoding: str | None) -> None:
+    def __init__(self, parser: ChunkParser, writer: StreamWriter, provider: str, encoding: str | None,
+                 source: str = "") -> None:
         self.parser = parser
         self.writer = writer
         self.provider = provider
+        self.source = source
         self.broken = False
-        encoding = (encoding or "identity").lower()
-        self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS) \
-            if encoding in ("gzip", "x-gzip", "deflate") else None
+        self.backlog = False  # inflated input not translated yet (a compressed stream goes a step at a time)
+        self.started = False  # the client has had bytes of this stream
+        try:
+            self.encoding = encoding_of(encoding)
+        except UnsupportedEncoding:
+            self.encoding = None  # br, zstd: not undone here, read as they are (and found unreadable)
+        self.inflater = Inflater(self.encoding, MAX_ANSWER_BYTES) if self.encoding else None
+        self._pieces: Iterator[bytes] = iter(())
 
     def feed(self, data: bytes) -> bytes:
         """Return the client's bytes for these upstream bytes (b"" while an event is still incomplete)."""
-        if self.broken or not data:
+        if self.broken or not (data or self.backlog):
             return b""
         try:
-            if self.inflater is not None:
-                data = self.inflater.decompress(data)
-            return self.writer.write(self.parser.feed(data))
+            out = self.writer.write(self.parser.feed(data)) if self.inflater is None else self._inflated(data)
+            self.started = self.started or bool(out)
+            return out
+        except GatewayError:
+            raise
         except UpstreamBroke as err:
             return self._break(err.error)
         except Exception:  # noqa: BLE001 - a stream we cannot read must end in an error event, not a cut
@@ -112,7 +144,12 @@ class StreamTransform:
         if self.broken:
             return b""
         try:
-            return self.writer.write(self.parser.finish()) + self.writer.end()
+            tail = self._flushed()
+            if self.broken:
+                return tail
+            return tail + self.writer.write(self.parser.finish()) + self.writer.end()
+        except GatewayError:
+            raise
         except UpstreamBroke as err:
             return self._break(err.error)
         except Exception:  # noqa: BLE001
@@ -123,6 +160,44 @@ class StreamTransform:
     def _break(self, error: dict[str, Any]) -> bytes:
         self.broken = True
         return self.writer.error(error)
+
+    def _inflated(self, data: bytes) -> bytes:
+        """Translate the next STREAM_STEP inflated bytes at most; what remains is the backlog for feed(b"")."""
+        assert self.inflater is not None and self.encoding is not None
+        if data:
+            self._pieces = chain(self._pieces, self.inflater.feed(data))
+        out: list[bytes] = []
+        taken = 0
+        self.backlog = False
+        try:
+            for piece in self._pieces:
+                if self.inflater.exhausted:
+                    return b"".join(out) + self._refuse(bomb_message(self.source, self.inflater.allowed))
+                out.append(self.writer.write(self.parser.feed(piece)))
+                taken += len(piece)
+                if taken >= STREAM_STEP:
+                    self.backlog = True
+                    break
+        except zlib.error:
+            return b"".join(out) + self._refuse(undecodable_message(self.source, self.encoding))
+        return b"".join(out)
+
+    def _flushed(self) -> bytes:
+        """Translate what the inflater still holds at the end of the stream (a few bytes at most)."""
+        if self.inflater is None:
+            return b""
+        rest = self.inflater.flush()
+        if self.inflater.exhausted:
+            return self._refuse(bomb_message(self.source, self.inflater.allowed))
+        return self.writer.write(self.parser.feed(rest)) if rest else b""
+
+    def _refuse(self, message: str) -> bytes:
+        """Fail a stream that does not inflate: a failed attempt before the client had a byte, an error event after."""
+        if not self.started:
+            raise UpstreamUnreachable(message)
+        log.warning("%s stream cut: %s", self.provider, message)
+        return self._break({"message": f"{self.provider} error: {message}", "type": "api_error", "param": None,
+                            "code": None})
 
 
 def with_body(facts: CallFacts, body: dict[str, Any]) -> CallFacts:

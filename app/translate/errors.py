@@ -1,11 +1,14 @@
-"""Provider errors in the unified shape (SPEC 7): `{"error": {...}, "provider": slug}` with the upstream status."""
+"""Provider errors in the unified shape (SPEC 7): `{"error": {...}, "provider": slug}` with the upstream status.
+
+Credentials in a provider's message are masked (docs/security.md).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from app.logs import redact
+from app.redact import MAX_SECRET_CHARS, redact
 
 # Provider error names → OpenAI error types (Gemini statuses, AWS exceptions, Cohere and Anthropic types).
 _TYPES = {
@@ -40,8 +43,11 @@ def unified_error(provider: str, status: int, raw: bytes, aws_type: str | None =
     error_type = mapped or _BY_STATUS.get(status, "api_error")
     if code is None and kind is not None and kind != error_type:
         code = kind  # keep the provider's own name where the client can still see it
-    # A provider may quote the key it was sent (a catalog key the client never saw): secrets are masked.
-    return {"error": {"message": redact(f"{provider} error: {message}")[:_MAX_MESSAGE], "type": error_type,
+    # A provider may quote the key it was sent (a catalog key the client never saw): secrets are masked
+    # (docs/security.md); by value before this (app.redact.masked_error), by name and shape here. Cut first,
+    # so the work is bounded, but past the limit by a whole secret, so no secret is cut in two and half-shown.
+    text = f"{provider} error: {message[:_MAX_MESSAGE + MAX_SECRET_CHARS]}"
+    return {"error": {"message": redact(text)[:_MAX_MESSAGE], "type": error_type,
                       "param": param, "code": None if code is None else str(code)},
             "provider": provider}
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from typing import Any, Protocol
 
+from app.errors import BadRequest
 from app.translate.base import CallFacts
 from app.translate.sse import data_event
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class StreamWriter(Protocol):
@@ -96,5 +101,61 @@ class OpenAIFront:
 
 
 def dumps(payload: Any) -> bytes:
-    """Return compact JSON bytes."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """Return compact JSON bytes; a lone surrogate (an upstream may send one) goes as its `\\u` escape."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # not Unicode, so no UTF-8 either: the escaped form is the only faithful one
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """Refuse a body holding a lone surrogate (`"\\ud800"`), naming where: it is not Unicode, so it has no UTF-8
+    to send, and OpenAI itself answers it with a 400 (docs/security.md)."""
+    if not _holds_lone_surrogate(body):
+        return
+    where = lone_surrogate_at(body)
+    raise BadRequest(f"Invalid request body: {where} holds a lone surrogate, which is not valid Unicode",
+                     errors=[f"{where}: a lone surrogate (\\ud800-\\udfff without its pair) is not valid Unicode"])
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Return whether any string or key in value holds a lone surrogate (the fast walk: no paths kept)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            # isascii is O(1) in CPython, so the usual ASCII text (and base64) costs no scan.
+            if not item.isascii() and _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            if any(not key.isascii() and _SURROGATE.search(key) for key in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def lone_surrogate_at(value: Any) -> str | None:
+    """Return the JSON path (`messages[0].content`) of the first string or key with a lone surrogate, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path or "the body"
+        elif isinstance(item, dict):
+            if any(_SURROGATE.search(key) for key in item):
+                return f"a key of {path or 'the body'}"
+            stack.extend((_member(path, key), child) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{index}]", child) for index, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _member(path: str, key: str) -> str:
+    """Return the path of an object member: `.name` for plain names, `["odd key"]` otherwise."""
+    if _PLAIN_NAME.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"

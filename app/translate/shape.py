@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from app.errors import BadRequest
+from app.providers.registry import odd_character
 from app.translate.base import CallFacts
 
 # The finish reasons a unified answer may carry (SPEC 7).
@@ -150,3 +152,18 @@ def json_schema_format(response_format: Any, provider: str) -> dict[str, Any] | 
     if not isinstance(definition, dict) or not isinstance(definition.get("schema"), dict):
         raise BadRequest("response_format.json_schema.schema must be a JSON schema object")
     return definition
+
+
+def path_segment(value: str, name: str, safe: str = "") -> str:
+    """Return value percent-encoded as one segment of an upstream URL path; refuse what cannot be one.
+
+    Encoding keeps `/`, `?` and `#` from adding to the path; a dot segment would climb it (clients and
+    servers resolve `..` before routing), and a control character or lone surrogate has no place in a URL
+    (docs/security.md).
+    """
+    problem = odd_character(value, in_header=False)
+    if problem is None and value in (".", ".."):
+        problem = "is a dot segment, which would climb the upstream URL path"
+    if problem is not None:
+        raise BadRequest(f"Invalid {name}: it cannot be part of the upstream URL", errors=[f"{name}: {problem}"])
+    return quote(value, safe=safe)

@@ -255,7 +255,7 @@ def test_bad_regex_is_400(pattern: str) -> None:
     assert info.value.message.startswith("Invalid regex in the query router: ")
 
 
-@pytest.mark.parametrize("pattern", [5, None, ["a"], "a" * 1001, "(" * 500 + ")" * 500])
+@pytest.mark.parametrize("pattern", [5, None, ["a"], "a" * 1001, "((a{100}){100}){100}"])
 def test_unusable_regex_operand_is_400(pattern: Any) -> None:
     with pytest.raises(BadRequest) as info:
         run({"params.model": {"$regex": pattern}})

@@ -32,7 +32,7 @@ SEEDS: list[dict[str, Any]] = [
     {"provider": "openai"},
     {"provider": "@openai-prod", "api_key": "sk-1", "retry": {"attempts": 3, "on_status_codes": [429]},
      "cache": {"mode": "simple", "max_age": 60}, "request_timeout": 5000, "forward_headers": ["x-a"],
-     "override_params": {"model": "gpt-4o-mini"}, "resource_name": "r", "strict_open_ai_compliance": True},
+     "override_params": {"model": "gpt-4o-mini"}, "resource_name": "res", "strict_open_ai_compliance": True},
     {"strategy": {"mode": "fallback", "on_status_codes": [429, 500]},
      "targets": [{"provider": "openai", "weight": 0.5}, {"provider": "groq", "retry": {"attempts": 1}}]},
     {"strategy": {"mode": "loadbalance"},

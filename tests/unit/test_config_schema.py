@@ -70,7 +70,7 @@ def nested(depth: int) -> dict[str, Any]:
     {},
     {"provider": "openai"},
     {"provider": "@openai-prod"},
-    {"provider": "azure-openai", "resource_name": "r", "deployment_id": "d", "api_version": "v"},
+    {"provider": "azure-openai", "resource_name": "res", "deployment_id": "d", "api_version": "v"},
     {"provider": "bedrock", "aws_region": "us-east-1", "aws_access_key_id": "a", "aws_secret_access_key": "s",
      "aws_session_token": "t"},
     {"retry": {}},
@@ -394,7 +394,10 @@ def test_conditions_become_condition_models() -> None:
 
 
 def test_every_provider_option_field_lands_in_provider_options() -> None:
-    config = {name: f"value-{name}" for name in PROVIDER_OPTION_FIELDS}
+    # The fields that go into an upstream URL must have their own form (e.g. a region).
+    url_parts = {"resource_name": "my-res", "deployment_id": "dep", "api_version": "2024-10-21",
+                 "aws_region": "us-east-1", "vertex_region": "us-central1", "vertex_project_id": "my-project"}
+    config = {name: url_parts.get(name, f"value-{name}") for name in PROVIDER_OPTION_FIELDS}
     target = parse_config({"provider": "openai", **config})
     assert target.provider_options == config
     assert target.provider == "openai"
@@ -411,7 +414,7 @@ def test_parsing_does_not_alias_the_input() -> None:
 
 
 def test_parsing_does_not_mutate_the_input() -> None:
-    config = {"provider": "openai", "resource_name": "r", "targets": [{"provider": "groq"}]}
+    config = {"provider": "openai", "resource_name": "res", "targets": [{"provider": "groq"}]}
     snapshot = repr(config)
     parse_config(config)
     assert repr(config) == snapshot

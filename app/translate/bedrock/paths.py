@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from app.errors import BadRequest
 from app.translate.base import CallFacts
+from app.translate.shape import path_segment
 
 
 def model_of(body: dict[str, Any], facts: CallFacts) -> str:
@@ -23,4 +23,4 @@ def model_of(body: dict[str, Any], facts: CallFacts) -> str:
 
 def model_path(model: str, operation: str) -> str:
     """Return the native path of an operation on a model; the id is encoded whole (ARNs hold `:` and `/`)."""
-    return f"/model/{quote(model, safe='')}/{operation}"
+    return f"/model/{path_segment(model, 'model')}/{operation}"

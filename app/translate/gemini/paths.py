@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from app.errors import BadRequest
 from app.translate.base import CallFacts
+from app.translate.shape import path_segment
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,12 @@ def vertex_location(facts: CallFacts) -> str:
     """Return `/v1/projects/<project>/locations/<region>` from the target's Vertex options."""
     project = _option(facts, "vertex_project_id", "x-portkey-vertex-project-id")
     region = _option(facts, "vertex_region", "x-portkey-vertex-region")
-    return f"/v1/projects/{segment(project)}/locations/{segment(region)}"
+    return f"/v1/projects/{segment(project, 'vertex_project_id')}/locations/{segment(region, 'vertex_region')}"
 
 
-def segment(value: str) -> str:
+def segment(value: str, name: str = "model") -> str:
     """Return a value quoted as one path segment (`@` kept for model versions): it cannot climb or add to the path."""
-    return quote(value, safe="@")
+    return path_segment(value, name, safe="@")
 
 
 def _option(facts: CallFacts, name: str, header: str) -> str:

@@ -1,0 +1,339 @@
+"""PorticoWorker: gunicorn's gthread worker, with request heads read on the poller and read deadlines.
+
+What it changes (docs/deploy.md, "Slow clients" and "Shutdown"):
+
+- A thread takes a connection only once its request head (request line and headers) is here: the head is
+  read without blocking on the worker's event loop, so clients that send their headers slowly cost a
+  poller registration and a small buffer, never a thread. A head not complete within the header deadline
+  is answered 408 and closed.
+- The body must arrive within the body deadline (a base plus time per MiB); past it the call fails with
+  408 and the connection is closed.
+- Told to stop, the worker closes its listening sockets at once, so new connections are refused (or go to
+  a new master) instead of waiting unanswered; at the end of the graceful period it records the calls it
+  cuts (status 499, error `shutdown`) before it exits.
+
+Everything else is gthread's: keep-alive, max_requests, the graceful drain.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import selectors
+import socket
+import sys
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn import http
+from gunicorn.http.errors import NoMoreData
+from gunicorn.http2 import negotiation
+from gunicorn.workers import gthread
+
+from app.errors import RequestTimeout
+from app.server import inflight
+from app.server.reader import ClientReader, ReadDeadline
+from app.settings import Settings
+
+# gunicorn's graceful_timeout is when the master kills a stopping worker. The worker cuts what is still in
+# flight this much earlier, so it can record those calls and flush the request log before it goes.
+CUT_MARGIN_S = 3
+HEAD_BUFFER_MAX = 64 * 1024  # past this an unfinished head is read by a thread (still within the deadline)
+HEAD_READ = 16 * 1024
+BODY_S_PER_MIB = 1.0  # the body deadline grows by this per MiB: 60 s + 1 s/MiB by default
+STOP_LINGER_S = getattr(gthread, "STOP_KEEPALIVE_LINGER", 2.0)
+
+
+class ClientConn(gthread.TConn):  # type: ignore[misc]
+    """A client connection whose request head is read on the poller before a thread takes it."""
+
+    initialized: bool  # gthread's TConn attributes used here
+    parser: Any
+
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any, preread: bool) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.reader = ClientReader(sock) if preread else None
+        self.head = bytearray()
+        self.scanned = 0
+        self.head_ready = False
+        self.deadline = 0.0
+
+    def init(self) -> None:
+        """Build gunicorn's parser on the deadline-bound reader (TLS, h2c and PROXY keep gthread's way)."""
+        if self.initialized or self.reader is None:
+            super().init()
+            return
+        self.initialized = True
+        self.sock.setblocking(True)
+        self.parser = http.get_parser(self.cfg, self.reader, self.client)
+
+    def head_complete(self) -> bool:
+        """Return True once the buffer holds a blank line (the head's end), or is as large as the poller reads."""
+        start = max(self.scanned - 3, 0)  # a new read may finish a terminator begun in the last one
+        self.scanned = len(self.head)
+        # A bare-LF head ends here too: gunicorn's parser then refuses it, rather than the deadline.
+        return (self.head.find(b"\r\n\r\n", start) >= 0 or self.head.find(b"\n\n", start) >= 0
+                or len(self.head) >= HEAD_BUFFER_MAX)
+
+
+def preread_allowed(cfg: Any, client: Any) -> bool:
+    """Return True when the poller may read the head: plain HTTP/1 (TLS, PROXY, uwsgi, h2c preface: not)."""
+    return (not cfg.is_ssl and cfg.proxy_protocol == "off" and getattr(cfg, "protocol", "http") == "http"
+            and not negotiation.prior_knowledge_allowed(cfg, client))
+
+
+def declared_length(req: Any) -> int:
+    """Return the request's Content-Length, 0 when absent or chunked."""
+    for name, value in req.headers:
+        if name == "CONTENT-LENGTH":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def timeout_answer(message: str) -> bytes:
+    """Return a whole 408 response with the gateway's JSON error body, closing the connection."""
+    body = json.dumps(RequestTimeout(message).body()).encode()
+    head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
+    """gthread, with request heads read on the poller, client read deadlines and a recorded shutdown."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = Settings()
+        self.late_head = b""
+        self.waiting: dict[ClientConn, None] = {}  # watched by the poller for their head
+        self.next_expiry = math.inf  # the earliest head deadline among them
+        self.busy: set[ClientConn] = set()
+        self.cut = 0
+
+    def init_process(self) -> None:
+        """Drain for gunicorn's graceful timeout less the cut margin, then serve (gthread's run)."""
+        self.cfg.set("graceful_timeout", max(self.cfg.graceful_timeout - CUT_MARGIN_S, 0))
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Load the app, then take the read deadlines from its settings."""
+        super().load_wsgi()
+        gateway = getattr(self.wsgi, "extensions", {}).get("portico")
+        if gateway is not None:
+            self.limits = gateway.settings
+        self.late_head = timeout_answer(
+            f"The request head (request line and headers) did not arrive within {self.limits.header_timeout_s} s")
+
+    # Connections: accepted, their head read on the poller, then handed to a thread.
+
+    def accept(self, listener: Any) -> None:
+        """Accept a client; its request head is read on the poller, not by a thread."""
+        try:
+            sock, client = listener.accept()
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self.enqueue_req(ClientConn(self.cfg, sock, client, listener.getsockname(),
+                                    preread_allowed(self.cfg, client)))
+
+    def enqueue_req(self, conn: ClientConn) -> None:
+        """Hand a connection to a thread once its request head is here; until then, read it on the poller."""
+        if conn.reader is None or conn.head_ready:
+            conn.head_ready = False
+            self.busy.add(conn)
+            super().enqueue_req(conn)
+            return
+        if conn.parser is not None:
+            conn.head[:0] = conn.parser.unreader.take_buffered()  # read ahead by the last request
+        if conn.sock.gettimeout() != 0.0:
+            conn.sock.setblocking(False)
+        conn.deadline = time.monotonic() + self.limits.header_timeout_s
+        conn.scanned = 0
+        self.read_head(conn)
+
+    def read_head(self, conn: ClientConn, _sock: Any = None) -> None:
+        """Read what the client sent of its request head; hand the connection to a thread once it is whole."""
+        if not conn.head_complete():
+            try:
+                data = conn.sock.recv(HEAD_READ)
+            except (BlockingIOError, InterruptedError):
+                self.watch(conn)
+                return
+            except OSError:
+                self.drop(conn)
+                return
+            if not data:
+                self.drop(conn)  # closed before (or while) sending a request
+                return
+            conn.head += data
+            if not conn.head_complete():
+                self.watch(conn)
+                return
+        self.unwatch(conn)
+        conn.head_ready = True
+        self.enqueue_req(conn)
+
+    def watch(self, conn: ClientConn) -> None:
+        """Have the poller call read_head when more of the head arrives, until the header deadline."""
+        if conn in self.waiting:
+            return
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.read_head, conn))
+        self.waiting[conn] = None
+        self.next_expiry = min(self.next_expiry, conn.deadline)
+
+    def unwatch(self, conn: ClientConn) -> None:
+        """Stop watching a connection for its head."""
+        if self.waiting.pop(conn, False) is False:
+            return
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def drop(self, conn: ClientConn) -> None:
+        """Close a connection that no thread holds."""
+        self.unwatch(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Close what gthread closes, and connections whose head did not arrive within the header deadline."""
+        super().murder_pending()
+        now = time.monotonic()
+        if now < self.next_expiry:
+            return
+        self.next_expiry = math.inf
+        for conn in list(self.waiting):
+            if conn.deadline <= now:
+                self.head_too_slow(conn)
+            else:
+                self.next_expiry = min(self.next_expiry, conn.deadline)
+
+    def head_too_slow(self, conn: ClientConn) -> None:
+        """Answer 408 to a client that started a request but did not finish its head in time; close it."""
+        if conn.head:
+            self.log.debug("request head from %s not complete within %s s: 408", conn.client,
+                           self.limits.header_timeout_s)
+            try:
+                for _ in range(4):  # unread bytes would turn the close into a reset; a flood is not waited out
+                    if not conn.sock.recv(HEAD_READ):
+                        break
+            except OSError:
+                pass
+            try:
+                conn.sock.send(self.late_head)
+            except OSError:
+                pass
+        self.drop(conn)
+
+    def evict_idle(self, count: int) -> None:
+        """Close up to count of the longest-idle kept-alive connections, to make room for new clients."""
+        while count > 0 and self.keepalived_conns:
+            conn = self.keepalived_conns.popleft()
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            self.nr_conns -= 1
+            conn.close()
+            count -= 1
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """Close expired kept-alive connections; a full worker also gives up its longest-idle ones."""
+        super().murder_keepalived(force)
+        # A full worker stops accepting: idle kept-alive connections are the cheapest room for new clients.
+        self.evict_idle(self.nr_conns - self.worker_connections + 1)
+
+    # In a thread: the request, with its head replayed and its reads bound by deadlines.
+
+    def handle(self, conn: ClientConn) -> Any:
+        """Serve a request in a thread: the parser reads the buffered head first, the rest within the deadline."""
+        if conn.reader is not None:
+            conn.init()
+            if conn.head:
+                conn.parser.unreader.unread(bytes(conn.head))
+                conn.head.clear()
+            conn.reader.deadline = ReadDeadline(max(conn.deadline - time.monotonic(), 0.0), lambda _: NoMoreData())
+        try:
+            return super().handle(conn)
+        finally:
+            if conn.reader is not None:
+                conn.reader.deadline = None
+            inflight.forget_thread()
+
+    def handle_request(self, req: Any, conn: ClientConn) -> Any:
+        """Serve one request; a body that does not arrive within the body deadline fails it with 408."""
+        if conn.reader is not None:
+            conn.reader.deadline = ReadDeadline(self.limits.body_timeout_s, partial(self.body_too_slow, req),
+                                                declared_length(req), BODY_S_PER_MIB)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            if conn.reader is not None:
+                conn.reader.deadline = None
+
+    def body_too_slow(self, req: Any, deadline: ReadDeadline) -> Exception:
+        """Return the 408 the app answers for a body that came too slowly; the connection closes after it."""
+        req.must_close = True
+        return RequestTimeout(f"The request body did not arrive within {deadline.allowed_s:.0f} s")
+
+    def finish_request(self, conn: ClientConn, fs: Any) -> None:
+        """Take a connection back from its thread (gthread keeps it alive or closes it)."""
+        self.busy.discard(conn)
+        super().finish_request(conn, fs)
+
+    # Stopping.
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """Stop or resume accepting; when stopping for good, close the listening sockets at once."""
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            self.stop_listening()
+
+    def stop_listening(self) -> None:
+        """Close this worker's listeners (the kernel refuses new connections once no process holds them)."""
+        for listener in self.sockets:
+            listener.close()
+        # A connection that has sent nothing yet lingers no longer than gthread's kept-alive ones.
+        linger = time.monotonic() + STOP_LINGER_S
+        for conn in self.waiting:
+            if not conn.head and conn.deadline > linger:
+                conn.deadline = linger
+                self.next_expiry = min(self.next_expiry, linger)
+
+    def run(self) -> None:
+        """Serve and drain as gthread does; then record and cut the calls the graceful period did not see end."""
+        try:
+            super().run()
+        finally:
+            self.cut_in_flight()
+
+    def cut_in_flight(self) -> None:
+        """Record the calls still in flight as cut (499, `shutdown`) and end their connections."""
+        self.cut = inflight.cut_all()
+        for conn in list(self.busy):
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.cut:
+            self.log.warning("stopping: cut %d call(s) still in flight (recorded with status 499, error "
+                             "shutdown)", self.cut)
+
+    def exit_if_cut(self) -> None:
+        """Exit now when connections were cut: their threads would keep the process alive until SIGKILL.
+
+        Call it last, once the request log is flushed (gunicorn.conf.py worker_exit).
+        """
+        if not self.cut and not self.busy:
+            return
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
