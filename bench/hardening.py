@@ -40,41 +40,46 @@ CHAT = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "mode
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 CHAT_BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}
-# Each decode path: (name, provider, config extra, answer status).
+SSE_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+# Each decode path: (name, provider, config extra, what the hostile upstream answers, stream or not).
 BOMB_PATHS = (
-    ("translated answer", "anthropic", {}, 200),
-    ("output guardrail", "openai", {"output_guardrails": [{"default.wordCount": {"minWords": 1}}]}, 200),
-    ("error body", "anthropic", {}, 400),
-    ("cache store", "openai", {"cache": {"mode": "simple", "max_age": 60}}, 200),
+    ("translated answer", "anthropic", {}, "200", False),
+    ("output guardrail", "openai", {"output_guardrails": [{"default.wordCount": {"minWords": 1}}]}, "200", False),
+    ("error body", "anthropic", {}, "400", False),
+    ("cache store", "openai", {"cache": {"mode": "simple", "max_age": 60}}, "200", False),
+    ("translated stream", "anthropic", {}, "sse", True),
 )
 
 
-def make_bomb() -> bytes:
-    """Return about 1 MiB of gzip that inflates to BOMB_BYTES of spaces (valid leading JSON whitespace)."""
+def make_bomb(unit: bytes = b" ") -> bytes:
+    """Return about 1 MiB of gzip that inflates to BOMB_BYTES of `unit` repeated (spaces: valid leading JSON)."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = b" " * (1 << 20)
+    block = unit * ((1 << 20) // len(unit))
     parts = [packer.compress(block) for _ in range(BOMB_BYTES // len(block))]
     return b"".join(parts) + packer.flush()
 
 
 class _Hostile(BaseHTTPRequestHandler):
-    """An upstream a client points a custom host at: normal chat answers, or gzip bombs under /bomb/<status>/."""
+    """An upstream a client points a custom host at: chat answers, or gzip bombs under /bomb/<status or sse>/."""
 
     protocol_version = "HTTP/1.1"
     bomb = b""
+    sse_bomb = b""
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        """Answer a chat call: a bomb under /bomb/<status>/, else a small chat.completion."""
+        """Answer a chat call: a bomb under /bomb/<status>/ or /bomb/sse/, else a small chat.completion."""
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        if self.path.startswith("/bomb/"):
-            status = int(self.path.split("/")[2])
-            self._send(status, self.bomb, {"Content-Encoding": "gzip"})
+        kind = self.path.split("/")[2] if self.path.startswith("/bomb/") else ""
+        if kind == "sse":
+            self._send(200, self.sse_bomb, {"Content-Encoding": "gzip"}, "text/event-stream")
+        elif kind:
+            self._send(int(kind), self.bomb, {"Content-Encoding": "gzip"})
         else:
             self._send(200, json.dumps(CHAT).encode(), {})
 
-    def _send(self, status: int, body: bytes, extra: dict[str, str]) -> None:
+    def _send(self, status: int, body: bytes, extra: dict[str, str], media: str = "application/json") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", media)
         self.send_header("Content-Length", str(len(body)))
         for name, value in extra.items():
             self.send_header(name, value)
@@ -85,11 +90,20 @@ class _Hostile(BaseHTTPRequestHandler):
         """Stay quiet."""
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that does not print the resets of a gateway refusing a bomb mid-body."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Ignore a client that went away: refusing the rest of a bomb is what the gateway should do."""
+
+
 def start_hostile() -> tuple[ThreadingHTTPServer, str]:
     """Start the hostile upstream on loopback in a thread; return it and its URL."""
     _Hostile.bomb = make_bomb()
-    server = ThreadingHTTPServer((LOOPBACK, 0), _Hostile)
-    server.daemon_threads = True
+    _Hostile.sse_bomb = make_bomb(SSE_PING)
+    server = _QuietServer((LOOPBACK, 0), _Hostile)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://{LOOPBACK}:{server.server_address[1]}"
 
@@ -146,7 +160,7 @@ def peak_rss_growth_mib(worker: int, call: Callable[[], int]) -> tuple[float, in
     Path(f"/proc/{worker}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib(status_path, "VmRSS:")
     status = call()
-    return (_status_kib(status_path, "VmHWM:") - before) / 1024, status
+    return max(0, _status_kib(status_path, "VmHWM:") - before) / 1024, status
 
 
 def _status_kib(path: Path, field: str) -> int:
@@ -164,12 +178,13 @@ def bombs(report: Report, portico: Server, upstream: str) -> list[bool]:
     report.say(f"2. gzip bombs ({len(_Hostile.bomb) / 2**20:.1f} MiB inflating to {BOMB_BYTES >> 20} MiB), "
                "peak RSS growth of the worker per call:")
     verdicts = []
-    for name, provider, extra, status in BOMB_PATHS:
+    for name, provider, extra, kind, stream in BOMB_PATHS:
         growth, seen = [], set()
+        body = {**CHAT_BODY, "stream": True} if stream else CHAT_BODY
         for _ in range(RUNS):
-            headers = chat_headers(provider, f"{upstream}/bomb/{status}/v1", extra)
+            headers = chat_headers(provider, f"{upstream}/bomb/{kind}/v1", extra)
             mib, answered = peak_rss_growth_mib(
-                workers[0], lambda h=headers: post(portico.port, "/v1/chat/completions", h, CHAT_BODY)[0])
+                workers[0], lambda h=headers, b=body: post(portico.port, "/v1/chat/completions", h, b)[0])
             growth.append(mib)
             seen.add(answered)
         ok = max(growth) <= BOMB_MAX_MIB and 0 not in seen and 500 not in seen
