@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from app.metrics import mark_worker_dead, prepare_multiprocess_dir
-from app.settings import SettingsError, check_logs_path, check_start, load_settings
+from app.settings import Settings, SettingsError, adopt, adopted, check_logs_path, check_start, load_settings
 
 # gunicorn reads this file again on HUP, with workers serving: only the master's first read may refuse an
 # unusable request-log file; later a bad [logs] path only degrades the log (docs/security.md).
 _FIRST_READ = os.environ.get("PORTICO_MASTER_PID") != str(os.getpid())
 os.environ["PORTICO_MASTER_PID"] = str(os.getpid())
 
-try:
-    _settings = load_settings()
-    check_start(_settings)  # GATEWAY_BIND, before binding; when_ready checks what was really bound
-    if _FIRST_READ:
-        check_logs_path(_settings)
-except SettingsError as err:
-    # One line that names the file, the key and the problem; no traceback.
-    print(f"portico: {err}", file=sys.stderr)
-    sys.exit(1)
+
+def _read_settings() -> Settings:
+    """Read and check the gateway file; on a HUP re-read, keep the running settings if it is bad.
+
+    A SystemExit here would stop the master, so only the first read may stop: later, one error line and the
+    last good settings, which the new workers take too (docs/gateway-file.md, Reloading).
+    """
+    running = None if _FIRST_READ else adopted()
+    try:
+        settings = load_settings()
+        check_start(settings)  # GATEWAY_BIND, before binding; when_ready checks what was really bound
+        if running is None:
+            check_logs_path(settings)
+    except SettingsError as err:
+        if running is None:
+            # One line that names the file, the key and the problem; no traceback.
+            print(f"portico: {err}", file=sys.stderr)
+            sys.exit(1)
+        logging.getLogger("gunicorn.error").error("portico: reload refused, keeping the running settings: %s", err)
+        return running
+    except Exception as err:  # a bug must not take a serving gateway down on HUP either
+        if running is None:
+            raise
+        logging.getLogger("gunicorn.error").error(
+            "portico: reload failed, keeping the running settings: %s: %s", type(err).__name__, err)
+        return running
+    adopt(settings)  # the workers forked from now on build their app from these (app/wsgi.py)
+    return settings
+
+
+_settings = _read_settings()
 
 # Before anything imports prometheus_client: workers then share counters through files in this dir.
 prepare_multiprocess_dir(os.environ)

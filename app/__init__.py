@@ -60,8 +60,8 @@ def _match_paths_exactly(app: Flask) -> None:
 
 
 def _register_error_handlers(app: Flask) -> None:
-    from app.errors import GatewayError, InternalError, MethodNotAllowed
-    from app.routes.common import error_response
+    from app.errors import GatewayError, InternalError, MethodNotAllowed, UnknownRoute
+    from app.routes.common import error_response, raw_path
 
     @app.errorhandler(GatewayError)
     def gateway_error(err: GatewayError) -> Response:
@@ -71,8 +71,10 @@ def _register_error_handlers(app: Flask) -> None:
     def http_error(err: HTTPException) -> Response:
         if isinstance(err, WerkzeugMethodNotAllowed):
             allowed = sorted(m for m in (err.valid_methods or []) if m not in ("HEAD", "OPTIONS"))
-            from flask import request
             return error_response(MethodNotAllowed(request.method, allowed), g.get("ctx"))
+        if isinstance(err, NotFound) and request.url_rule is None:  # no route matched (a view's 404 keeps its own)
+            detail = err.description if err.description != NotFound.description else None
+            return error_response(UnknownRoute(raw_path(request.environ), detail), g.get("ctx"))
         plain = GatewayError(f"{err.name}: {err.description}")
         plain.status = err.code or 500
         return error_response(plain, g.get("ctx"))

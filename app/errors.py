@@ -3,8 +3,9 @@
 GatewayError                      status, message; rendered {"status": "failure", "message": ...}
 ├── BadRequest                    400
 │   ├── InvalidConfig             400, with "errors": ["path: ..., message: ..."]
-│   └── InvalidCustomHost         400 "Invalid custom host"
+│   └── InvalidCustomHost         400 "Invalid custom host: <reason>"
 ├── Unauthorized                  401
+├── UnknownRoute                  404, naming the path
 ├── MethodNotAllowed              405, with Allow
 ├── PayloadTooLarge               413
 ├── RequestTimeout                408, the client did not send its request in time
@@ -52,13 +53,26 @@ class InvalidCustomHost(BadRequest):
     """A custom host that the custom-host policy refuses."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__("Invalid custom host", errors=[reason])
+        # The message repeats the reason: the openai SDK shows a client only the message.
+        shown = reason if len(reason) <= 300 else reason[:300] + "..."
+        super().__init__(f"Invalid custom host: {shown}", errors=[reason])
 
 
 class Unauthorized(GatewayError):
     """Missing or unknown gateway key."""
 
     status = 401
+
+
+class UnknownRoute(GatewayError):
+    """No route serves the path: the message names it, bounded, and says where gateway calls go."""
+
+    status = 404
+
+    def __init__(self, path: str, detail: str | None = None) -> None:
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        super().__init__(f"Unknown route: {shown}. " + (detail or "Gateway calls go under /v1/ "
+                                                        "(e.g. POST /v1/chat/completions); GET /healthz checks health"))
 
 
 class MethodNotAllowed(GatewayError):

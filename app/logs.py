@@ -105,6 +105,7 @@ def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None =
     line: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "trace_id": secrets.mask(ctx.trace_id),
+        "client_ip": ctx.client_ip,
         "key": ctx.key_name,
         "provider": ctx.provider_slug,
         "route": ctx.route,

@@ -157,7 +157,7 @@ class GatewayMetrics:
         self.overhead = Histogram("portico_gateway_overhead_seconds",
                                   "Call duration minus upstream duration: the gateway's share (and failed attempts).",
                                   by_call, buckets=OVERHEAD_BUCKETS, registry=reg)
-        self.retries = Counter("portico_retries", "Upstream retries (attempts after the first).", by_call,
+        self.retries = Counter("portico_retries", "Upstream retries made, on every target of a fallback.", by_call,
                                registry=reg)
         self.fallbacks = Counter("portico_fallbacks", "Calls answered by a target other than the first.",
                                  by_call, registry=reg)

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.logs import access_line, write_access_line
 from app.logstore import LogRecord, LogStore
@@ -21,6 +21,16 @@ if TYPE_CHECKING:  # the pipeline builds the observer; importing it here at run 
     from app.pipeline.context import RequestContext
 
 log = logging.getLogger(__name__)
+# nginx's code for a client that closed the connection before the answer ended; the gateway uses it for a
+# client that left mid-answer and for a call cut at shutdown (docs/observability.md).
+CLIENT_CLOSED_STATUS = 499
+CLIENT_CLOSED = "client closed"
+
+
+class CallEnd(Protocol):
+    """Records a call when its answer is over; told when the client left before the end."""
+
+    def __call__(self, client_left: bool = False) -> None: ...
 
 
 class CallObserver:
@@ -51,16 +61,19 @@ class CallObserver:
         ctx.usage = tap
         return tap.feed
 
-    def finished(self, ctx: RequestContext, status: int) -> Callable[[], None]:
+    def finished(self, ctx: RequestContext, status: int) -> CallEnd:
         """Return the callback that records the call once its body is done (or the client left)."""
         call = inflight.current(ctx) or inflight.begin(ctx, lambda: self._cut(ctx))
 
-        def record() -> None:
+        def record(client_left: bool = False) -> None:
             inflight.end(call)
             if not call.ends():
                 return  # the worker's shutdown cut the call and recorded it (docs/deploy.md, Shutdown)
+            final = status
+            if client_left:  # the upstream's status stays in upstream_status (docs/observability.md)
+                ctx.error, final = CLIENT_CLOSED, CLIENT_CLOSED_STATUS
             try:
-                self._record(ctx, status)
+                self._record(ctx, final)
             except Exception:  # noqa: BLE001 - recording must never break the answer already sent
                 log.exception("trace_id=%s could not record the call", ctx.trace_id)
         return record
@@ -69,7 +82,7 @@ class CallObserver:
         """Record a call the worker cut at the end of its graceful period: status 499, error `shutdown`."""
         ctx.error = "shutdown"
         try:
-            self._record(ctx, 499)
+            self._record(ctx, CLIENT_CLOSED_STATUS)
         except Exception:  # noqa: BLE001 - the worker is exiting; one unrecorded call must not stop the rest
             log.exception("trace_id=%s could not record the call cut at shutdown", ctx.trace_id)
 
@@ -103,7 +116,7 @@ class CallObserver:
             upstream_s = now - ctx.upstream_sent if ctx.upstream_sent is not None else None
             self.metrics.call_finished(
                 route=ctx.route, provider=ctx.provider_slug, status=status, latency_s=now - ctx.started,
-                upstream_s=upstream_s, retries=max(ctx.retry_count, 0), fell_back=ctx.fell_back,
+                upstream_s=upstream_s, retries=ctx.retries_made, fell_back=ctx.fell_back,
                 cache_status=ctx.cache_status, model=model_label(usage, cost), tokens=token_counts(usage),
                 cost_usd=cost.usd)
 
@@ -155,12 +168,12 @@ def log_record(ctx: RequestContext, status: int, usage: Usage, cost: Cost, now: 
         target_path=ctx.option_index, method=ctx.method, route=ctx.route, path=secrets.scrub(ctx.path),
         status=status,
         upstream_status=ctx.upstream_status, latency_ms=round((now - ctx.started) * 1000, 3),
-        upstream_ms=round(ctx.upstream_ms, 3) if ctx.upstream_ms is not None else None, retries=ctx.retry_count,
+        upstream_ms=round(ctx.upstream_ms, 3) if ctx.upstream_ms is not None else None, retries=ctx.retries_made,
         cache_status=ctx.cache_status, model=secrets.mask(usage.model) if usage.model else None,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens, search_units=usage.search_units, cost_usd=cost.usd,
         unknown_price=cost.unknown_model, metadata=masked_metadata(ctx.metadata, secrets),
-        error=secrets.scrub(ctx.error) if ctx.error else None)
+        error=secrets.scrub(ctx.error) if ctx.error else None, client_ip=ctx.client_ip)
 
 
 def masked_metadata(metadata: Any, secrets: Secrets) -> dict[str, Any]:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from app.errors import GatewayError
+from app.http.client_ip import TrustedProxies, parse_trusted
 from app.http.headers import proxy_drop_set
-from app.providers.registry import PROVIDERS, option_problem
+from app.http.hosts import HostPolicy, UnresolvedHost
+from app.providers.registry import PROVIDERS, odd_character, option_problem
 
-DEFAULT_BIND = "127.0.0.1:8787"
+DEFAULT_PORT = 8787
+DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 DEFAULT_SPOOL_MEMORY_BYTES = 1024 * 1024
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
@@ -31,6 +37,26 @@ CATALOG_FIELDS = (
     "vertex_project_id", "vertex_region", "openai_organization", "openai_project",
     "anthropic_version", "anthropic_beta",
 )
+
+# Every section of the gateway file and the keys each may hold (docs/gateway-file.md). The strict check refuses
+# anything else, and the reader only reads keys listed here, so the two cannot drift apart.
+FILE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "keys": ("name", "sha256", "key"),  # [[keys]]: an array of tables
+    "custom_hosts": ("allow",),
+    "catalog": CATALOG_FIELDS,  # [catalog.<name>]: one table per entry
+    "configs": (),  # [configs.<id>]: the config schema knows their keys
+    "limits": ("max_body_bytes", "spool_memory_bytes"),
+    "retry": ("backoff_base_ms",),
+    "upstream": ("connect_timeout_ms", "read_timeout_ms", "trust_env"),
+    "proxy": ("ignore_headers", "trusted_proxies"),
+    "logs": ("access_log", "path", "retention_days"),
+    "metrics": ("enabled",),
+    "admin": ("key",),
+    "pricing": (),  # [pricing."provider/model"]: the price fields of app.usage.pricing
+    "cache": ("backend", "max_bytes", "max_entry_bytes"),
+}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_CONFIG_ERROR = re.compile(r"path: (?P<path>.*?), message: (?P<message>.*)")
 
 
 class SettingsError(Exception):
@@ -77,6 +103,7 @@ class Settings:
     backoff_base_ms: int = 1000
     trust_env: bool = False
     ignore_headers: frozenset[str] = frozenset()
+    trusted_proxies: TrustedProxies = TrustedProxies()
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     access_log: bool = True
@@ -102,6 +129,23 @@ class Settings:
     def open_mode(self) -> bool:
         """Return True when no gateway key is configured."""
         return not self.keys
+
+
+def bind_address(raw: str | None) -> str:
+    """Return GATEWAY_BIND as gunicorn takes it: a host without a port gets 8787, not gunicorn's 8000."""
+    bind = (raw or "").strip()
+    if not bind:
+        return DEFAULT_BIND
+    if bind.startswith(("unix:", "fd://")):
+        return bind
+    if bind.startswith("["):
+        return bind if "]:" in bind else f"{bind}:{DEFAULT_PORT}"
+    if bind.count(":") > 1:  # a bare IPv6 address: gunicorn wants it in brackets
+        try:
+            return f"[{ipaddress.IPv6Address(bind)}]:{DEFAULT_PORT}"
+        except ValueError:
+            return bind
+    return bind if ":" in bind else f"{bind}:{DEFAULT_PORT}"
 
 
 def bind_is_loopback(bind: str) -> bool:
@@ -135,8 +179,11 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
     if overrides:
         data = {**data, **overrides}
     reader = _Reader(source, env)
+    reader.check_known(data)  # first: a misspelt section must not pass as an empty one (docs/gateway-file.md)
+    allow = tuple(reader.str_list(data.get("custom_hosts", {}), "custom_hosts", "allow"))
+    policy = reader.host_policy(allow)
     return Settings(
-        bind=env.get("GATEWAY_BIND") or DEFAULT_BIND,
+        bind=bind_address(env.get("GATEWAY_BIND")),
         workers=reader.env_int("GATEWAY_WORKERS", default_workers()),
         threads=reader.env_int("GATEWAY_THREADS", 32),
         log_level=reader.log_level(env.get("GATEWAY_LOG_LEVEL", "info")),
@@ -145,21 +192,22 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         graceful_timeout_s=reader.env_int("GATEWAY_GRACEFUL_TIMEOUT", 30),
         source=source,
         keys=reader.keys(data.get("keys", [])),
-        custom_hosts_allow=tuple(reader.str_list(data.get("custom_hosts", {}), "custom_hosts", "allow")),
-        catalog=reader.catalog(data.get("catalog", {})),
-        configs=reader.configs(data.get("configs", {})),
+        custom_hosts_allow=allow,
+        catalog=reader.catalog(data.get("catalog", {}), policy),
+        configs=reader.configs(data.get("configs", {}), policy),
         max_body_bytes=reader.int_in(data.get("limits", {}), "limits", "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
         spool_memory_bytes=reader.int_in(data.get("limits", {}), "limits", "spool_memory_bytes",
                                          DEFAULT_SPOOL_MEMORY_BYTES),
         backoff_base_ms=reader.int_in(data.get("retry", {}), "retry", "backoff_base_ms", 1000),
         trust_env=reader.bool_in(data.get("upstream", {}), "upstream", "trust_env", False),
         ignore_headers=frozenset(reader.str_list(data.get("proxy", {}), "proxy", "ignore_headers")),
+        trusted_proxies=reader.trusted_proxies(data.get("proxy", {})),
         connect_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "connect_timeout_ms", 10_000) / 1000,
         read_timeout_s=reader.int_in(data.get("upstream", {}), "upstream", "read_timeout_ms", 600_000) / 1000,
         access_log=reader.bool_in(data.get("logs", {}), "logs", "access_log", True),
         logs_path=reader.logs_path(data.get("logs", {})),
         metrics_enabled=reader.bool_in(data.get("metrics", {}), "metrics", "enabled", True),
-        logs_retention_days=reader.int_in(data.get("logs", {}), "logs", "retention_days", 30),
+        logs_retention_days=reader.int_in(data.get("logs", {}), "logs", "retention_days", 30, minimum=1),
         admin_key_sha256=reader.admin_key(data.get("admin", {})),
         pricing=reader.pricing(data.get("pricing", {})),
         cache_backend=reader.cache_backend(data.get("cache", {})),
@@ -184,7 +232,8 @@ def check_start(settings: Settings, bound: Sequence[str] | None = None) -> str |
             f"refusing to start: no gateway keys are configured ({settings.source}) and the bind address "
             f"{', '.join(public)} is not loopback; add [[keys]] to the gateway file or bind to 127.0.0.1")
     return (f"no gateway keys configured ({settings.source}): running OPEN, "
-            f"any local client may call on {', '.join(addresses)}")
+            f"any local client may call on {', '.join(addresses)}; behind a reverse proxy gateway keys are "
+            "needed: calls carrying Forwarded or X-Forwarded-For are refused (401) until [[keys]] are added")
 
 
 def check_logs_path(settings: Settings) -> None:
@@ -200,6 +249,88 @@ def check_logs_path(settings: Settings) -> None:
         prepare(settings.logs_path)
     except LogStoreUnavailable as err:
         raise SettingsError(f"{settings.source}: [logs] path = {settings.logs_path!r}: {err}") from None
+
+
+# The settings this process last accepted. gunicorn's master sets them on each good read of the gateway file,
+# and the workers it forks build their app from them: a reload with a bad file keeps the running settings, and
+# a worker never reads a file its master did not check (docs/gateway-file.md, Reloading).
+_adopted: Settings | None = None
+
+
+def adopt(settings: Settings) -> None:
+    """Make settings the ones that workers forked from this process use."""
+    global _adopted
+    _adopted = settings
+
+
+def adopted() -> Settings | None:
+    """Return the settings this process's master accepted last, or None outside gunicorn."""
+    return _adopted
+
+
+def dotted(parts: Sequence[str | int]) -> str:
+    """Return a key's path as the gateway file names it: `catalog.x.api_key`, `configs.pc-x.targets[0]`."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            name = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+            text += f".{name}" if text else name
+    return text
+
+
+def unknown_problem(name: str, known: Sequence[str], kind: str = "key") -> str:
+    """Return "unknown key" with the closest known name as a hint, or the known names when none is close."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"unknown {kind}; did you mean `{close[0]}`?"
+    return f"unknown {kind}; known: {', '.join(known)}" if known else f"unknown {kind}"
+
+
+def _unknown_keys(data: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Yield (path, problem) for each section or key of the file that FILE_SECTIONS does not list, in file order."""
+    for name, section in data.items():
+        if name not in FILE_SECTIONS:
+            yield (name,), _unknown_section(name, section)
+            continue
+        for path, table, known in _tables_of(name, section):
+            for key in table:
+                if key not in known:
+                    yield (*path, key), unknown_problem(str(key), known)
+
+
+def _unknown_section(name: str, value: Any) -> str:
+    """Return the problem of an unknown top-level name, pointing at the section a stray key belongs in."""
+    kind = "section" if isinstance(value, dict | list) else "key"
+    homes = [section for section, keys in FILE_SECTIONS.items() if name in keys]
+    if homes and not difflib.get_close_matches(name, list(FILE_SECTIONS), n=1):
+        return f"unknown {kind}; did you mean `[{homes[0]}] {name}`?"
+    return unknown_problem(name, list(FILE_SECTIONS), kind)
+
+
+def _tables_of(name: str, section: Any) -> Iterator[tuple[tuple[str | int, ...], Mapping[str, Any], tuple[str, ...]]]:
+    """Yield (path, table, allowed keys) for the tables of one section; wrong types are the reader's to report."""
+    if name == "configs":
+        return  # the config schema refuses unknown keys itself, at every depth
+    if name == "keys" and isinstance(section, list):
+        for index, item in enumerate(section):
+            if isinstance(item, dict):
+                yield (name, index), item, FILE_SECTIONS[name]
+    elif name in ("catalog", "pricing") and isinstance(section, dict):
+        from app.usage.pricing import FIELDS as PRICE_FIELDS
+
+        known = tuple(PRICE_FIELDS) if name == "pricing" else FILE_SECTIONS[name]
+        for entry_name, entry in section.items():
+            if isinstance(entry, dict):
+                yield (name, entry_name), entry, known
+    elif isinstance(section, dict):
+        yield (name,), section, FILE_SECTIONS[name]
+
+
+def _no_lookup(*_args: Any, **_kwargs: Any) -> list[Any]:
+    """Refuse to resolve: at start-up a host name that does not resolve (yet) is not an error."""
+    raise OSError("names are not resolved at start-up")
 
 
 def hash_key(value: str) -> str:
@@ -227,6 +358,17 @@ class _Reader:
     def fail(self, where: str, problem: str) -> SettingsError:
         return SettingsError(f"{self.source}: {where}: {problem}")
 
+    def check_known(self, data: Mapping[str, Any]) -> None:
+        """Refuse the first section or key the file may not hold, naming its dotted path and a close known one."""
+        for path, problem in _unknown_keys(data):
+            raise self.fail(dotted(path), problem)
+
+    def entry(self, section: Any, name: str, key: str, default: Any) -> Any:
+        """Return section[key] as written; only keys that FILE_SECTIONS lists may be read."""
+        if key not in FILE_SECTIONS[name]:
+            raise KeyError(f"{name}.{key} is read but missing from FILE_SECTIONS")  # a bug, not a bad file
+        return self.table(section, name).get(key, default)
+
     def value(self, raw: Any, where: str) -> Any:
         """Resolve `env:NAME` strings from the environment."""
         if isinstance(raw, str) and raw.startswith("env:"):
@@ -248,31 +390,40 @@ class _Reader:
         return raw
 
     def str_list(self, section: Any, name: str, key: str) -> list[str]:
-        raw = self.table(section, name).get(key, [])
+        raw = self.entry(section, name, key, [])
         if not isinstance(raw, list):
             raise self.fail(f"{name}.{key}", "must be a list of strings")
         return [self.string(item, f"{name}.{key}[{i}]") for i, item in enumerate(raw)]
 
-    def int_in(self, section: Any, name: str, key: str, default: int) -> int:
-        raw = self.value(self.table(section, name).get(key, default), f"{name}.{key}")
+    def int_in(self, section: Any, name: str, key: str, default: int, minimum: int = 0) -> int:
+        raw = self.value(self.entry(section, name, key, default), f"{name}.{key}")
         try:
             val = int(raw)
         except (TypeError, ValueError):
             raise self.fail(f"{name}.{key}", f"must be an integer, got {raw!r}") from None
-        if val < 0 or isinstance(raw, bool):
+        if isinstance(raw, bool) or val < 0:
             raise self.fail(f"{name}.{key}", "must be a non-negative integer")
+        if val < minimum:
+            raise self.fail(f"{name}.{key}", f"must be at least {minimum}, got {val}")
         return val
 
     def logs_path(self, section: Any) -> str | None:
         """Return the request-log file; "" turns the log store off."""
-        raw = self.value(self.table(section, "logs").get("path", DEFAULT_LOGS_PATH), "logs.path")
+        raw = self.value(self.entry(section, "logs", "path", DEFAULT_LOGS_PATH), "logs.path")
         if not isinstance(raw, str):
             raise self.fail("logs.path", "must be a file path, or \"\" to keep no request log")
         return raw or None
 
+    def trusted_proxies(self, section: Any) -> TrustedProxies:
+        """Return [proxy] trusted_proxies: the peers whose X-Forwarded-For / Forwarded are believed."""
+        try:
+            return parse_trusted(self.str_list(section, "proxy", "trusted_proxies"))
+        except ValueError as err:
+            raise self.fail("proxy.trusted_proxies", str(err)) from None
+
     def admin_key(self, section: Any) -> str | None:
         """Return the SHA-256 of the admin key (kept hashed, like gateway keys)."""
-        raw = self.table(section, "admin").get("key")
+        raw = self.entry(section, "admin", "key", None)
         return hash_key(self.string(raw, "admin.key")) if raw is not None else None
 
     def pricing(self, section: Any) -> dict[str, Any]:
@@ -287,13 +438,20 @@ class _Reader:
         return raw
 
     def cache_backend(self, section: Any) -> str:
-        raw = self.string(self.table(section, "cache").get("backend", "memory"), "cache.backend")
+        raw = self.string(self.entry(section, "cache", "backend", "memory"), "cache.backend")
         if raw != "memory" and not raw.startswith(("redis://", "rediss://", "unix://")):
             raise self.fail("cache.backend", f"must be \"memory\" or a redis:// URL, got {raw.split('://')[0]!r}")
+        if raw != "memory":
+            from redis.connection import parse_url
+
+            try:  # a URL redis cannot parse would stop every worker at boot instead
+                parse_url(raw)
+            except ValueError as err:
+                raise self.fail("cache.backend", f"not a usable Redis URL: {err}") from None
         return raw
 
     def bool_in(self, section: Any, name: str, key: str, default: bool) -> bool:
-        raw = self.value(self.table(section, name).get(key, default), f"{name}.{key}")
+        raw = self.value(self.entry(section, name, key, default), f"{name}.{key}")
         if isinstance(raw, str) and raw.lower() in ("true", "false"):
             return raw.lower() == "true"
         if not isinstance(raw, bool):
@@ -332,38 +490,94 @@ class _Reader:
             keys.append(GatewayKey(name=name, sha256=digest))
         return tuple(keys)
 
-    def configs(self, raw: Any) -> dict[str, Any]:
+    def host_policy(self, allow: Sequence[str]) -> HostPolicy:
+        """Return the custom-host policy of custom_hosts.allow, which start-up checks custom hosts against."""
+        try:
+            return HostPolicy(allow, resolver=_no_lookup)
+        except (TypeError, ValueError) as err:
+            raise self.fail("custom_hosts.allow", str(err)) from None
+
+    def custom_host(self, policy: HostPolicy, url: str, where: str) -> None:
+        """Refuse a custom host every call would refuse: malformed, or an address the policy refuses.
+
+        A name is not looked up here: one that does not resolve at start-up may resolve later.
+        """
+        try:
+            policy.check(url)
+        except UnresolvedHost:
+            pass
+        except GatewayError as err:
+            raise self.fail(where, "; ".join(err.errors or []) or err.message) from None
+
+    def configs(self, raw: Any, policy: HostPolicy) -> dict[str, Any]:
         """Validate saved configs now, so a bad one stops start-up instead of failing calls."""
         from app.config.schema import parse_config
-        from app.errors import GatewayError
 
         parsed: dict[str, Any] = {}
         for config_id, config in self.table(raw, "configs").items():
             try:
-                parsed[config_id] = parse_config(self.table(config, f"configs.{config_id}"))
+                parsed[config_id] = parse_config(self.table(config, dotted(("configs", config_id))))
             except GatewayError as err:
-                detail = "; ".join(err.errors or []) or err.message
-                raise self.fail(f"configs.{config_id}", detail) from None
+                raise self.fail(*_config_problem(config_id, err)) from None
+            for path, url in _config_custom_hosts(parsed[config_id], ("configs", config_id)):
+                self.custom_host(policy, url, dotted((*path, "custom_host")))
         return parsed
 
-    def catalog(self, raw: Any) -> dict[str, CatalogEntry]:
+    def catalog(self, raw: Any, policy: HostPolicy) -> dict[str, CatalogEntry]:
         entries: dict[str, CatalogEntry] = {}
         for name, item in self.table(raw, "catalog").items():
-            where = f"catalog.{name}"
+            where = dotted(("catalog", name))
             item = self.table(item, where)
-            unknown = sorted(set(item) - set(CATALOG_FIELDS))
-            if unknown:
-                raise self.fail(where, f"unknown field {unknown[0]!r}")
             values = {k: self.string(v, f"{where}.{k}") for k, v in item.items()}
             if "provider" not in values:
                 raise self.fail(where, "provider is required")
             if values["provider"] not in PROVIDERS:
                 raise self.fail(f"{where}.provider", f"unknown provider {values['provider']!r}")
             for key, value in values.items():
-                problem = option_problem(key, value)  # a value that goes into an upstream URL (docs/security.md)
+                # Each value goes into an upstream URL or header: a call could never send it (docs/security.md).
+                problem = option_problem(key, value) or odd_character(value, in_header=key != "custom_host")
                 if problem:
                     raise self.fail(f"{where}.{key}", problem)
+            if "custom_host" in values:
+                self.custom_host(policy, values["custom_host"], f"{where}.custom_host")
             options = {k: v for k, v in values.items() if k not in ("provider", "api_key", "custom_host")}
             entries[name] = CatalogEntry(name=name, provider=values["provider"], api_key=values.get("api_key"),
                                          custom_host=values.get("custom_host"), options=options)
         return entries
+
+
+def _config_problem(config_id: str, err: GatewayError) -> tuple[str, str]:
+    """Return (dotted key, problem) for a saved config the schema refused, with a hint for an unknown key."""
+    for line in err.errors or []:
+        found = _CONFIG_ERROR.fullmatch(line)
+        if found is None:
+            continue
+        path: list[str | int] = ["configs", config_id]
+        path += [int(part) if part.isdigit() else part for part in found["path"].split(",") if part]
+        problem = found["message"]
+        if problem == "Unknown field.":
+            problem = unknown_problem(str(path[-1]), _config_keys(path[2:-1]))
+        more = len(err.errors or []) - 1
+        return dotted(path), problem + (f" (and {more} more problems)" if more else "")
+    return dotted(("configs", config_id)), err.message
+
+
+def _config_keys(parent: Sequence[str | int]) -> tuple[str, ...]:
+    """Return the keys a config node at path `parent` may hold (the config schema's fields)."""
+    from app.config import schema
+
+    nested = {"retry": schema.RetrySchema, "cache": schema.CacheSchema, "strategy": schema.StrategySchema}
+    node: type = schema.TargetSchema
+    if len(parent) >= 2 and parent[-2] == "conditions":
+        node = schema.ConditionSchema
+    elif parent and str(parent[-1]) in nested:
+        node = nested[str(parent[-1])]
+    return tuple(node().fields)
+
+
+def _config_custom_hosts(node: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Yield (path, custom_host) for every node of a parsed config that names a custom host."""
+    if node.custom_host:
+        yield path, node.custom_host
+    for index, child in enumerate(node.targets or ()):
+        yield from _config_custom_hosts(child, (*path, "targets", index))

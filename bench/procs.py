@@ -6,7 +6,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -14,18 +13,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+# One port helper for the tests, the demo and the benchmark: it honours PORTICO_TEST_PORT_BASE (README).
+from tests.fakes.net import free_port as free_port
+
 LOOPBACK = "127.0.0.1"
 
 
 class BenchError(RuntimeError):
     """The benchmark cannot go on (a tool is missing or a server did not come up)."""
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def pinned(cmd: Sequence[str], cpus: str | None) -> list[str]:

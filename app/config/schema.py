@@ -27,11 +27,12 @@ from app.config.models import (
 )
 from app.errors import BadRequest, InvalidConfig
 from app.guardrails import validate_hooks
-from app.providers.registry import URL_OPTIONS, odd_character, option_problem
+from app.providers.registry import PROVIDERS, URL_OPTIONS, did_you_mean, odd_character, option_problem
 
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 MAX_AGE_S = 365 * 24 * 3600
 MAX_ERRORS = 50
+MAX_HEADLINE = 240  # characters of the first problem the message repeats
 
 MAX_DEPTH = 10
 MAX_TARGETS = 100
@@ -148,6 +149,16 @@ class HeaderText(validate.Validator):
 HEADER_TEXT = HeaderText()
 
 
+class KnownProvider(validate.Validator):
+    """Refuse a provider slug the gateway does not know; a Model Catalog `@name` is checked per call."""
+
+    def __call__(self, value: str) -> str:
+        if value and not value.startswith("@") and value.strip().lower() not in PROVIDERS:
+            raise ValidationError(f"Unknown provider {value[:64]!r}{did_you_mean(value)}: use a provider slug "
+                                  "(openai, anthropic, cohere, ...) or a Model Catalog @name.")
+        return value
+
+
 def _int_in(low: int, high: int | None = None, error: str | None = None) -> StrictInteger:
     """Return a strict int field limited to low..high."""
     message = error or (f"Must be between {low} and {high}." if high is not None else f"Must be at least {low}.")
@@ -240,7 +251,7 @@ class TargetSchema(_StrictSchema):
         # The provider fields ride along to the provider as Target.provider_options.
         include = {name: fields.String(validate=HEADER_TEXT) for name in PROVIDER_OPTION_FIELDS}
 
-    provider = fields.String(validate=validate.Length(min=1, error="Must not be empty."))
+    provider = fields.String(validate=[validate.Length(min=1, error="Must not be empty."), KnownProvider()])
     api_key = fields.String(validate=HEADER_TEXT)
     virtual_key = Refused(VIRTUAL_KEY_ERROR)
     custom_host = fields.String(validate=HeaderText(in_header=False))  # the host policy reads the rest
@@ -285,7 +296,7 @@ def parse_config(data: object) -> Target:
     guard_errors = _shape_errors(data)
     if guard_errors:
         # Stop here: the rest of a too-large tree is not worth (or safe) walking.
-        raise InvalidConfig(INVALID_CONFIG, errors=_render(guard_errors))
+        raise InvalidConfig(_headline(guard_errors), errors=_render(guard_errors))
     errors = list(_structure_errors(data))
     errors.extend(_option_errors(data))
     errors.extend(_hook_errors(data, ()))
@@ -318,7 +329,16 @@ def _hook_errors(node: Mapping[str, Any], path: Path) -> Iterator[tuple[Path, st
 def _invalid(errors: list[tuple[Path, str]]) -> InvalidConfig:
     """Return the InvalidConfig for errors, with the mode message when a mode is among them."""
     bad_mode = any(message == MODE_ERROR and path[-2:] == ("strategy", "mode") for path, message in errors)
-    return InvalidConfig(MODE_MESSAGE if bad_mode else INVALID_CONFIG, errors=_render(errors))
+    return InvalidConfig(MODE_MESSAGE if bad_mode else _headline(errors), errors=_render(errors))
+
+
+def _headline(errors: list[tuple[Path, str]]) -> str:
+    """Return `Invalid config passed: <path>: <first problem>`: SDKs show the message only, not `errors`."""
+    path, message = min(set(errors), key=lambda item: (_path_key(item[0]), item[1]))
+    where = f"{','.join(str(part) for part in path)}: " if path else ""
+    more = f" (and {len(set(errors)) - 1} more, listed in errors)" if len(set(errors)) > 1 else ""
+    first = f"{where}{message}"
+    return f"{INVALID_CONFIG}: {first[:MAX_HEADLINE]}{'...' if len(first) > MAX_HEADLINE else ''}{more}"
 
 
 def _render(errors: list[tuple[Path, str]]) -> list[str]:

@@ -62,7 +62,7 @@ def _call_failed(what: str, err: Exception, timeout_ms: float) -> CheckError:
     if isinstance(err, TimeoutError) or "Timeout" in name:
         return CheckError(f"{what} timed out after {timeout_ms:g} ms")
     if isinstance(err, GatewayError):
-        detail = f" ({err.errors[0]})" if err.errors else ""
+        detail = f" ({err.errors[0]})" if err.errors and err.errors[0] not in err.message else ""
         return CheckError(f"{what} failed: {err.message}{detail}")
     return CheckError(f"{what} failed: {name}")
 

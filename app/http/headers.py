@@ -13,6 +13,17 @@ HOP_BY_HOP = frozenset({
 # Never copied upstream in proxy mode: recomputed by the HTTP client, or a credential the
 # provider's auth headers replace.
 _NOT_FORWARDED = frozenset({"host", "content-length", "expect", "authorization", "x-api-key"})
+# What a reverse proxy says about the client and the network (X-Forwarded-* too, by prefix): never sent to a
+# provider, on any route, even when the forward list names it (docs/observability.md, Client address).
+FORWARDING = frozenset({"forwarded", "x-real-ip"})
+_FORWARDING_PREFIX = "x-forwarded-"
+_NEVER_PREFIXES = ("x-portkey-", _FORWARDING_PREFIX)
+
+
+def is_forwarding(name: str) -> bool:
+    """Tell whether a (lower-case) header name is one a reverse proxy adds about the client."""
+    return name in FORWARDING or name.startswith(_FORWARDING_PREFIX)
+
 
 def connection_tokens(items: list[tuple[str, str]]) -> set[str]:
     """Return the header names listed in Connection, which are hop-by-hop too."""
@@ -29,6 +40,11 @@ def forward_list(header_value: str | None, config_list: Iterable[str] = ()) -> t
     names += [n.strip().lower() for n in config_list if n.strip()]
     if "x-portkey-forward-headers" in names:
         raise BadRequest("x-portkey-forward-headers may not name itself")
+    refused = next((name for name in names if is_forwarding(name)), None)
+    if refused is not None:
+        # Refused rather than dropped: the client asked for it by name and should learn it does not happen.
+        raise BadRequest(f"x-portkey-forward-headers (or a config's forward_headers) may not name {refused}: "
+                         "Forwarded, X-Forwarded-* and X-Real-IP never go to a provider")
     return tuple(dict.fromkeys(names))
 
 
@@ -40,7 +56,7 @@ def _checked(name: str, value: str) -> str:
 
 def proxy_drop_set(ignore: Iterable[str]) -> frozenset[str]:
     """Return the header names a proxy call never forwards: built once, from the configured ignore list."""
-    return HOP_BY_HOP | _NOT_FORWARDED | {name.lower() for name in ignore}
+    return HOP_BY_HOP | _NOT_FORWARDED | FORWARDING | {name.lower() for name in ignore}
 
 
 def proxy_headers(client: Iterable[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
@@ -52,7 +68,7 @@ def proxy_headers(client: Iterable[tuple[str, str]], drop: frozenset[str]) -> di
     out: dict[str, str] = {}
     for name, value in items:
         lower = name.lower()
-        if lower in drop or lower.startswith("x-portkey-"):
+        if lower in drop or lower.startswith(_NEVER_PREFIXES):
             continue
         out[name] = _checked(name, value)
     return out
@@ -62,7 +78,8 @@ def forwarded_headers(client: Mapping[str, str], names: Iterable[str]) -> dict[s
     """Return the client headers named in the forward list (any route)."""
     out: dict[str, str] = {}
     for name in names:
-        if name in HOP_BY_HOP or name in ("host", "content-length") or name.startswith("x-portkey-"):
+        if name in HOP_BY_HOP or name in ("host", "content-length") or name.startswith("x-portkey-") \
+                or is_forwarding(name):
             continue
         value = client.get(name)
         if value is not None:

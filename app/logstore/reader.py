@@ -50,14 +50,15 @@ def tag_path(tag: str) -> str:
 
 def list_filters(*, since: float | None, until: float | None, key_name: str | None, provider: str | None,
                  status: int | None, status_class: str | None, trace_id: str | None,
-                 metadata: Mapping[str, str] | None, before_id: int | None) -> Where:
+                 metadata: Mapping[str, str] | None, before_id: int | None, client_ip: str | None = None) -> Where:
     """Return the conditions of a listing query; since is inclusive, until exclusive."""
     where = Where()
     if since is not None:
         where.add("ts >= ?", float(since))
     if until is not None:
         where.add("ts < ?", float(until))
-    for column, value in (("key_name", key_name), ("provider", provider), ("trace_id", trace_id)):
+    for column, value in (("key_name", key_name), ("provider", provider), ("trace_id", trace_id),
+                          ("client_ip", client_ip)):
         if value is not None:
             where.add(f"{column} = ?", str(value))
     if status is not None:

@@ -16,7 +16,7 @@ COLUMNS: tuple[str, ...] = (
     "trace_id", "ts", "key_name", "provider", "target_path", "method", "route", "path", "status",
     "upstream_status", "latency_ms", "upstream_ms", "retries", "cache_status", "model", "input_tokens",
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "total_tokens", "search_units", "cost_usd",
-    "unknown_price", "metadata", "error",
+    "unknown_price", "metadata", "error", "client_ip",
 )
 
 Row = tuple[Any, ...]
@@ -52,6 +52,8 @@ class LogRecord:
     error: str | None = None
     # The provider's own total when it reports one; otherwise input + output is stored.
     total_tokens: int | None = None
+    # The peer, or the client a trusted proxy reported (docs/observability.md, Client address).
+    client_ip: str | None = None
 
 
 def to_row(rec: LogRecord) -> Row:
@@ -63,7 +65,7 @@ def to_row(rec: LogRecord) -> Row:
         float(rec.latency_ms), _float(rec.upstream_ms), int(rec.retries), _text(rec.cache_status), _text(rec.model),
         _int(rec.input_tokens), _int(rec.output_tokens), _int(rec.cache_read_tokens), _int(rec.cache_write_tokens),
         _int(total), _int(rec.search_units), _float(rec.cost_usd), int(bool(rec.unknown_price)),
-        _metadata_json(rec.metadata), _error_text(rec.error),
+        _metadata_json(rec.metadata), _error_text(rec.error), _text(rec.client_ip),
     )
 
 

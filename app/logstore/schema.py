@@ -64,6 +64,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX IF EXISTS requests_provider",
         "DROP INDEX IF EXISTS requests_status",
     ),
+    (
+        # Who called (docs/observability.md, Client address); rows written before stay NULL. No index, for the
+        # reason above: a filter on it comes with a time range or a newest-first limit.
+        "ALTER TABLE requests ADD COLUMN client_ip TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

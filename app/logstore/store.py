@@ -160,11 +160,11 @@ class LogStore:
     def query(self, *, since: float | None = None, until: float | None = None, key_name: str | None = None,
               provider: str | None = None, status: int | None = None, status_class: str | None = None,
               trace_id: str | None = None, metadata: Mapping[str, str] | None = None,
-              limit: int = 100, before_id: int | None = None) -> list[dict[str, Any]]:
+              limit: int = 100, before_id: int | None = None, client_ip: str | None = None) -> list[dict[str, Any]]:
         """Return matching requests newest first (by id); pass the last id as before_id for the next page."""
         where = reader.list_filters(since=since, until=until, key_name=key_name, provider=provider, status=status,
                                     status_class=status_class, trace_id=trace_id, metadata=metadata,
-                                    before_id=before_id)
+                                    before_id=before_id, client_ip=client_ip)
         return self._read(lambda conn: reader.list_requests(conn, where, limit), "query")
 
     def analytics(self, *, since: float, until: float, group_by: str) -> list[dict[str, Any]]:

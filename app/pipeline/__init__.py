@@ -52,19 +52,25 @@ class Gateway:
 
     def run(self, ctx: RequestContext, stream: BinaryIO, declared_length: int | None) -> Outcome:
         """Run the stages and the config's routing; return the answering target's outcome (an answer to relay)."""
-        # Order matters: authenticate before anything costly; spool the body before routing reads it.
+        # Order matters: authenticate before anything costly; spool the body before routing reads it. A call
+        # with several problems hears of the one to fix first: the key, then provider and config, then the
+        # body's content type (docs/decisions.md).
         auth.authenticate(ctx, self.settings)
         inbound.read_gateway_headers(ctx)
-        inbound.check_content_type(ctx, has_body=declared_length != 0)
         ctx.body = Body.read_from(stream, declared_length, self.settings.max_body_bytes,
                                   self.settings.spool_memory_bytes)
         resolve.load_config(ctx, self.settings)
+        resolve.check_providers(ctx, self.settings)
+        inbound.check_content_type(ctx, has_body=declared_length != 0)
         assert ctx.config is not None
-        outcome = Router(ctx, self.settings, self.send, self.extras).run(ctx.config)
+        router = Router(ctx, self.settings, self.send, self.extras)
+        try:
+            outcome = router.run(ctx.config)
+        finally:
+            ctx.retries_made = router.retries_made  # counted even when the chain stops on a gateway error
         ctx.target = outcome.target
         ctx.retry_count = outcome.retries
-        if ctx.option_index:
-            ctx.option_index = outcome.path
+        ctx.option_index = outcome.path  # `config` for a header-only call too, as the reference says
         if outcome.error is not None:
             raise outcome.error
         return outcome

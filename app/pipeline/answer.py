@@ -193,10 +193,10 @@ class Relay:
 
     gunicorn calls close() when the body is done or the client left; that releases (or drops) the
     upstream connection, hands a complete body to `on_complete` (the cache), and runs `on_close`
-    (the access line).
+    (the access line), telling it whether the client left before the end (docs/observability.md).
     """
 
-    def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[], None] | None = None,
+    def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[bool], None] | None = None,
                  on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0,
                  tap: Callable[[bytes], None] | None = None) -> None:
         self.answer = answer
@@ -210,12 +210,30 @@ class Relay:
         self.kept_size = 0
         self.tap = tap
         self.finished = answer.response is None and not answer.first_chunk
+        self.started = False  # the server asked for the body (a HEAD, 204 or 304 answer never does)
+        self.broke = False  # the body ended in an error of its own (the upstream broke off), not the client's
         self.closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
+        self.started = True
+        try:
+            return self._next_chunk()
+        except StopIteration:
+            raise
+        except Exception:
+            self.broke = True
+            raise
+
+    @property
+    def client_left(self) -> bool:
+        """Tell whether the client went away mid-answer: the body was started, not ended, and did not break."""
+        return self.started and not self.finished and not self.broke
+
+    def _next_chunk(self) -> bytes:
+        """Return the next piece of the body for the client; StopIteration at its end."""
         if self.pending:
             chunk, self.pending = self.pending, b""
         elif self.response is None:
@@ -262,7 +280,7 @@ class Relay:
                 self.on_complete(b"".join(self.kept))
         finally:
             if self.on_close is not None:
-                self.on_close()
+                self.on_close(self.client_left)
 
 
 def masked_error(answer: Answer, secrets: Secrets, any_type: bool = False) -> Answer:

@@ -13,6 +13,12 @@ from app.settings import Settings
 def authenticate(ctx: RequestContext, settings: Settings) -> None:
     """Attach the key's name to the call, or refuse it with 401."""
     if settings.open_mode:
+        if "forwarded" in ctx.headers or "x-forwarded-for" in ctx.headers:
+            # Behind a reverse proxy every caller arrives from the proxy's loopback address: open mode's
+            # "only local clients" would admit the whole network (docs/observability.md, Client address).
+            raise Unauthorized("This gateway has no keys and the call came through a proxy (Forwarded or "
+                               "X-Forwarded-For): gateway keys are needed behind a proxy; add [[keys]] to the "
+                               "gateway file")
         return
     presented = ctx.headers.get("x-portkey-api-key")
     if not presented:

@@ -44,6 +44,8 @@ class RequestContext:
     endpoint: str | None = None
     unified_format: str | None = None
     trace_id: str = ""
+    # Who called: the peer, or the client a trusted proxy reported (docs/observability.md, Client address).
+    client_ip: str | None = None
     started: float = field(default_factory=time.perf_counter)
     key_name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +59,8 @@ class RequestContext:
     body: Body | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None
-    retry_count: int = 0
+    retry_count: int = 0  # the answering target's retries, -1 when they ran out (x-portkey-retry-attempt-count)
+    retries_made: int = 0  # every retry of the call, on every target tried (the request log and metrics)
     option_index: str | None = None
     bytes_out: int = 0
     error: str | None = None

@@ -79,6 +79,9 @@ def check_content_type(ctx: RequestContext, has_body: bool) -> None:
     media = (ctx.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if media in _UNIFIED_CONTENT_TYPES or media.startswith("audio/"):
         return
-    raise BadRequest("Invalid content type passed",
-                     errors=[f"content-type {media or '(none)'!r} is not one of application/json, "
+    shown = repr(media[:64]) if media else "(none)"
+    # The message names the type and the fix: SDKs show only the message, and `curl -d` sends a form type.
+    raise BadRequest(f"Invalid content type passed: {shown}; send Content-Type: application/json "
+                     "(or multipart/form-data, audio/*, application/octet-stream)",
+                     errors=[f"content-type {shown} is not one of application/json, "
                              "multipart/form-data, audio/*, application/octet-stream"])

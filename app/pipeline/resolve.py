@@ -39,12 +39,66 @@ def load_config(ctx: RequestContext, settings: Settings) -> None:
         raise BadRequest("Either x-portkey-config or x-portkey-provider header is required")
 
 
+def check_providers(ctx: RequestContext, settings: Settings) -> None:
+    """Refuse an unknown provider slug or Model Catalog entry before anything else of the call, naming where.
+
+    The router would meet them leaf by leaf, after the content type; a user fixes the provider first
+    (docs/decisions.md). A config's slugs were checked by its schema; its `@name`s only exist here.
+    """
+    assert ctx.config is not None
+    named, unnamed_leaf = False, False
+    stack: list[tuple[Target, tuple[str | int, ...]]] = [(ctx.config, ())]
+    while stack:
+        node, path = stack.pop()
+        if node.provider:
+            named = True
+            _check_provider(node.provider, ",".join(str(part) for part in (*path, "provider")), settings)
+        elif node.is_leaf:
+            unnamed_leaf = True
+        stack.extend((child, (*path, "targets", index)) for index, child in enumerate(node.targets))
+    if not unnamed_leaf:
+        return
+    fallback = _client_provider(ctx)  # what a leaf without a provider of its own uses (resolve_leaf)
+    if fallback is not None:
+        _check_provider(*fallback, settings)
+    elif not named:
+        raise BadRequest(NO_PROVIDER)
+
+
+def _client_provider(ctx: RequestContext) -> tuple[str, str] | None:
+    """Return the provider the client named outside a config, and where: a body `@name/model`, else the header."""
+    catalog_model = _catalog_model(ctx)
+    if catalog_model:
+        return catalog_model[0], "the body's model"
+    header = (ctx.headers.get("x-portkey-provider") or "").strip()
+    return (header, "x-portkey-provider") if header else None
+
+
+def _check_provider(ref: str, where: str, settings: Settings) -> None:
+    """Refuse a provider slug the registry does not know, or an `@name` the catalog does not hold."""
+    if not ref.startswith("@"):
+        get_provider(ref)
+    elif ref[1:] not in settings.catalog:
+        raise BadRequest(unknown_entry(ref, where))
+
+
+def unknown_entry(ref: str, where: str | None = None) -> str:
+    """Return the message for a Model Catalog `@name` the gateway file does not define (bounded echo)."""
+    place = f" in {where}" if where else ""
+    return f"Unknown Model Catalog entry {ref[:80]!r}{place}: no [catalog.{ref[1:80]}] in the gateway file"
+
+
 @lru_cache(maxsize=512)
 def parse_config_text(text: str) -> Target:
     """Parse and validate a config header; memoised by its text, since clients resend the same one."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
+        if not text.startswith(("{", "[")):  # an id, not JSON: the saved configs of the gateway file have no such id
+            looks_like_id = len(text) <= 64 and text.isascii() and all(c.isalnum() or c in "_.:-" for c in text)
+            shown = repr(text) if looks_like_id else "given"
+            raise BadRequest(f"There is no saved config with the id {shown}: x-portkey-config takes the id of a "
+                             "saved config ([configs.<id>] in the gateway file) or a JSON config") from None
         raise BadRequest("Invalid config passed. You need to pass a valid json") from None
     return parse_config(data)
 
@@ -104,8 +158,7 @@ def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestConte
     if provider_ref.startswith("@"):
         entry = settings.catalog.get(provider_ref[1:])
         if entry is None:
-            raise BadRequest(f"Unknown Model Catalog entry {provider_ref[:80]!r}: no [catalog.{provider_ref[1:80]}] "
-                             "in the gateway file")
+            raise BadRequest(unknown_entry(provider_ref))
         catalog_name = entry.name
         provider = get_provider(entry.provider)
         own = {"api_key": entry.api_key, "custom_host": entry.custom_host}

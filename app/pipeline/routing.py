@@ -83,6 +83,9 @@ class Router:
         self.extras = extras or LeafExtras()
         self.rng = rng or _RNG
         self.sleep = sleep
+        # Every retry made, on every target tried: the request log and metrics count them all, while an
+        # outcome's `retries` is the answering target's own (x-portkey-retry-attempt-count, docs/configs.md).
+        self.retries_made = 0
 
     def run(self, config: Target) -> Outcome:
         """Return the answering target's outcome for the whole config."""
@@ -196,6 +199,7 @@ class Router:
                 return outcome
             outcome.discard()
             retries += 1
+            self.retries_made += 1
             log.info("trace_id=%s retry %d of %s after %s, waiting %.3f s", ctx.trace_id, retries, path,
                      outcome.status, wait)
             if wait > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
+_VERSION_SEGMENT = re.compile(r"/v\d+$")  # a base URL's trailing API version: /v1
 
 
 def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy) -> tuple[str, PinnedHost | None]:
@@ -47,8 +49,9 @@ def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy
         path, _, query = ctx.native.path.partition("?")
         path, extra = target.provider.unified_path(path, target.options)
         if ctx.native.from_root:
-            parts = urlsplit(base)
-            base = f"{parts.scheme}://{parts.netloc}"
+            # The native path names its own API version (Cohere's /v2/chat): it replaces the base's last version
+            # segment, and a custom host's path prefix stays, as on the proxy (docs/providers.md).
+            base = _VERSION_SEGMENT.sub("", base.rstrip("/"))
     else:
         path, extra = target.provider.unified_path(ctx.rest, target.options)
     query = "&".join(q for q in (query, urlencode(extra)) if q)

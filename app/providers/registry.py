@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -176,11 +177,18 @@ PROVIDERS: dict[str, Provider] = {p.slug: p for p in (
 
 
 def get_provider(slug: str) -> Provider:
-    """Return the provider for a slug; an unknown slug is a 400."""
+    """Return the provider for a slug; an unknown slug is a 400 whose message names it (SDKs show only that)."""
     provider = PROVIDERS.get(slug.strip().lower())
     if provider is None:
-        raise BadRequest("Invalid provider passed", errors=[f"unknown provider slug: {slug[:64]!r}"])
+        raise BadRequest(f"Invalid provider passed: {slug[:_SHOWN]!r}{did_you_mean(slug)}",
+                         errors=[f"unknown provider slug: {slug[:_SHOWN]!r}"])
     return provider
+
+
+def did_you_mean(slug: str) -> str:
+    """Return ` (did you mean 'openai'?)` for a slug close to a known one, else an empty string."""
+    close = difflib.get_close_matches(slug[:_SHOWN].strip().lower(), PROVIDERS, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def header_options(provider: Provider, headers: Mapping[str, str]) -> dict[str, str]:
@@ -191,7 +199,7 @@ def header_options(provider: Provider, headers: Mapping[str, str]) -> dict[str, 
         if value:
             odd = odd_character(value)  # the HTTP parser keeps out CR and LF, not every control (docs/security.md)
             if odd is not None:
-                raise BadRequest(f"Invalid x-portkey-{suffix} header", errors=[f"x-portkey-{suffix}: {odd}"])
+                raise BadRequest(f"Invalid x-portkey-{suffix} header: it {odd}", errors=[f"x-portkey-{suffix}: {odd}"])
             problem = option_problem(name, value)
             if problem:
                 raise BadRequest(f"Invalid x-portkey-{suffix} header: {problem}")

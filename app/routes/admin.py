@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.errors import BadRequest, GatewayError, Unauthorized
+from app.http.client_ip import address
 from app.logstore import LogStoreUnavailable
 
 bp = Blueprint("admin", __name__)
@@ -106,9 +107,18 @@ def _metadata_filter() -> dict[str, str]:
     return tags
 
 
+def _client_ip_filter() -> str | None:
+    """Return the client_ip filter as the log writes it (`::FFFF:10.0.0.1` finds `10.0.0.1`), or None."""
+    raw = (request.args.get("client_ip") or "").strip()
+    if not raw:
+        return None
+    parsed = address(raw)
+    return str(parsed) if parsed is not None else raw  # `unknown`, `unix`, an obfuscated name: as written
+
+
 @bp.get("/admin/logs")
 def logs() -> Response:
-    """List request logs, newest first, filtered by time, key, provider, status, trace id or metadata tag."""
+    """List request logs, newest first, filtered by time, key, provider, status, trace id, client or metadata tag."""
     status = request.args.get("status", "")
     status_class = status if status in ("2xx", "3xx", "4xx", "5xx") else None
     if status and status_class is None and not status.isdigit():
@@ -118,7 +128,7 @@ def logs() -> Response:
         provider=request.args.get("provider") or None, status=int(status) if status.isdigit() else None,
         status_class=status_class, trace_id=request.args.get("trace_id") or None,
         metadata=_metadata_filter() or None, limit=_int_arg("limit", 100, 1, 1000),
-        before_id=_int_arg("before_id", None, 1, 2**62)))
+        before_id=_int_arg("before_id", None, 1, 2**62), client_ip=_client_ip_filter()))
     return jsonify(logs=rows, next_before_id=rows[-1]["id"] if rows and "id" in rows[-1] else None)
 
 

@@ -10,13 +10,16 @@ from urllib.parse import quote, unquote
 
 from flask import Response, current_app, g, request
 
-from app.errors import BadRequest, GatewayError
+from app.errors import BadRequest, GatewayError, PayloadTooLarge
+from app.http import client_ip
 from app.pipeline import Gateway
 from app.pipeline.answer import Answer, Relay
 from app.pipeline.context import RequestContext
 from app.pipeline.inbound import assign_trace_id
+from app.server.worker import close_after_answer
 
 _ENCODED_SEPARATOR = re.compile(r"%(25)*(2f|5c)", re.IGNORECASE)
+DRAIN_CHUNK = 64 * 1024
 
 
 def gateway() -> Gateway:
@@ -29,7 +32,8 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     environ = request.environ
     ctx = RequestContext(method=request.method, path=raw_path(environ), query=environ.get("QUERY_STRING", ""),
                          headers=cast(Mapping[str, str], request.headers), route=route, endpoint=endpoint,
-                         unified_format=unified_format)
+                         unified_format=unified_format,
+                         client_ip=client_ip.from_environ(environ, gateway().settings.trusted_proxies))
     g.ctx = ctx
     assign_trace_id(ctx)
     gateway().observer.started(ctx)
@@ -47,9 +51,12 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     gw = gateway()
     ctx.upstream_status = answer.status
     # The gateway's own headers join the list before the Response exists: setting them one by one on
-    # werkzeug's Headers scans the list each time. An upstream's x-portkey-* headers never pass.
-    headers = [(k, v) for k, v in answer.headers if not k.lower().startswith("x-portkey-")]
+    # werkzeug's Headers scans the list each time. An upstream's x-portkey-* headers never pass, nor its
+    # X-Accel-* ones: nginx obeys those (X-Accel-Redirect serves one of its own locations; docs/observability.md).
+    headers = [(k, v) for k, v in answer.headers if not k.lower().startswith(("x-portkey-", "x-accel-"))]
     headers += gateway_headers(ctx)
+    if streamed(answer, ctx):
+        headers.append(("X-Accel-Buffering", "no"))
     status = f"{answer.status} {answer.reason}".strip()
     body = Relay(answer, ctx, on_close=gw.observer.finished(ctx, answer.status), on_complete=on_complete,
                  keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer))
@@ -60,8 +67,20 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     return response
 
 
+# Answers relayed as a stream: SSE, the AWS event stream (Bedrock), newline-delimited JSON (Ollama and others).
+_STREAM_TYPES = frozenset({"text/event-stream", "application/vnd.amazon.eventstream", "application/x-ndjson"})
+
+
+def streamed(answer: Answer, ctx: RequestContext) -> bool:
+    """Tell whether an answer is a stream, which a reverse proxy must pass on unbuffered (docs/observability.md)."""
+    media = (answer.header("content-type") or "").split(";", 1)[0].strip().lower()
+    # Gemini's streamGenerateContent without alt=sse sends one JSON array, element by element.
+    return media in _STREAM_TYPES or ":streamGenerateContent" in ctx.path
+
+
 def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
     """Render a gateway error as its JSON body with the gateway's headers."""
+    drain_refused_body(err)
     response = current_app.response_class(json.dumps(err.body()), status=err.status, mimetype="application/json")
     for name, value in err.headers.items():
         response.headers[name] = value
@@ -72,6 +91,35 @@ def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
     ctx.error = err.message
     response.call_on_close(gateway().observer.finished(ctx, err.status))
     return with_gateway_headers(response, ctx)
+
+
+def drain_refused_body(err: GatewayError) -> None:
+    """Read and discard the body the client is still sending, so the refusal reaches it.
+
+    A refusal sent while the body is still coming in is lost behind a proxy: the connection closes with the body
+    unread, the kernel resets it, and nginx answers its own 502. So the rest of the body is read first, up to
+    `[limits] max_body_bytes` and within the body deadline; a larger body (declared, or found while reading)
+    is not read, and the answer closes the connection instead (docs/deploy.md, Early refusals). A body that
+    was read to its end already costs one empty read.
+    """
+    limit = gateway().settings.max_body_bytes
+    declared = request.content_length
+    chunked = "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
+    if not chunked and not declared:
+        return
+    if isinstance(err, PayloadTooLarge) or (not chunked and declared is not None and declared > limit):
+        close_after_answer()
+        return
+    drained = 0
+    try:
+        while drained <= limit:
+            chunk = request.stream.read(DRAIN_CHUNK)
+            if not chunk:
+                return  # read to the end: the connection stays usable
+            drained += len(chunk)
+    except Exception:  # noqa: BLE001 - a body that breaks, or comes too slowly, is not read further
+        pass
+    close_after_answer()
 
 
 def with_gateway_headers(response: Response, ctx: RequestContext) -> Response:

@@ -151,7 +151,8 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     status = int(row["status"])
     return {
         "time": _clock(row["ts"], seconds=True), "iso": datetime.fromtimestamp(row["ts"], UTC).isoformat(),
-        "trace_id": row["trace_id"], "provider": _label(row["provider"]), "model": row.get("model") or "",
+        "trace_id": row["trace_id"], "client_ip": row.get("client_ip") or "—",
+        "provider": _label(row["provider"]), "model": row.get("model") or "",
         "method": row["method"], "path": row["path"], "status": status,
         "status_class": "ok" if status < 400 else "client" if status < 500 else "server",
         "latency": _millis(row["latency_ms"]),

@@ -8,6 +8,8 @@ What it changes (docs/deploy.md, "Slow clients" and "Shutdown"):
   is answered 408 and closed.
 - The body must arrive within the body deadline (a base plus time per MiB); past it the call fails with
   408 and the connection is closed.
+- An answer that leaves a refused body unread (docs/deploy.md, Early refusals) says `Connection: close`;
+  the worker then reads and discards what the client still sends, for up to 2 s, before it closes.
 - Told to stop, the worker closes its listening sockets at once, so new connections are refused (or go to
   a new master) instead of waiting unanswered; at the end of the graceful period it records the calls it
   cuts (status 499, error `shutdown`) before it exits.
@@ -25,6 +27,7 @@ import os
 import selectors
 import socket
 import sys
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -46,6 +49,46 @@ HEAD_BUFFER_MAX = 64 * 1024  # past this an unfinished head is read by a thread 
 HEAD_READ = 16 * 1024
 BODY_S_PER_MIB = 1.0  # the body deadline grows by this per MiB: 60 s + 1 s/MiB by default
 STOP_LINGER_S = getattr(gthread, "STOP_KEEPALIVE_LINGER", 2.0)
+
+# After an answer that leaves a body unread, the worker reads and discards what still comes for this long
+# (gunicorn's own linger stops after 64 KiB, and closing on unread bytes resets the connection).
+LINGER_S = 2.0
+LINGER_READ = 256 * 1024
+
+_serving = threading.local()  # the request this thread serves: the app may ask for its connection to close
+
+
+def close_after_answer() -> None:
+    """Have the worker close this thread's connection after the answer, which then says `Connection: close`.
+
+    gunicorn drops a Connection header set by the app (WSGI forbids hop-by-hop headers); this is the app's way to
+    say the rest of a refused body will not be read. The worker then lingers after the answer so the client reads
+    it rather than a reset (docs/deploy.md, Early refusals). Outside PorticoWorker it does nothing.
+    """
+    request = getattr(_serving, "request", None)
+    if request is not None:
+        request.must_close = True
+        _serving.linger = True
+
+
+def linger(sock: socket.socket, seconds: float = LINGER_S) -> None:
+    """End the answer with a FIN, then read and discard what the client still sends, until it stops or time is up."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    deadline = time.monotonic() + seconds
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(LINGER_READ):
+                break  # the client read the answer and closed
+    except OSError:  # timed out, or the client reset: nothing more to wait for
+        pass
+    try:
+        sock.shutdown(socket.SHUT_RD)  # gthread's close then does not wait again on an idle client
+    except OSError:
+        pass
 
 
 class ClientConn(gthread.TConn):  # type: ignore[misc]
@@ -272,9 +315,14 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if conn.reader is not None:
             conn.reader.deadline = ReadDeadline(self.limits.body_timeout_s, partial(self.body_too_slow, req),
                                                 declared_length(req), BODY_S_PER_MIB)
+        _serving.request, _serving.linger = req, False
         try:
-            return super().handle_request(req, conn)
+            keepalive = super().handle_request(req, conn)
+            if _serving.linger:
+                linger(conn.sock)  # here, in the thread: gthread closes connections on its event loop
+            return keepalive
         finally:
+            _serving.request = None
             if conn.reader is not None:
                 conn.reader.deadline = None
 

@@ -41,7 +41,7 @@ OPENAI_CHAT = "app.translate.openai:CHAT"  # the unified chat format itself, for
 def translator_for(ctx: RequestContext, target: ResolvedTarget, strict: bool | None) -> Translator | None:
     """Return the translator of a leaf's call; None when the provider speaks the route's format natively.
 
-    An endpoint the provider does not offer is a 400 `<endpoint> is not supported by <provider>`.
+    An endpoint the provider does not offer is a 400 `<route> is not supported by <provider>`.
     """
     provider = target.provider
     if ctx.route != UNIFIED or provider.native_format == ctx.unified_format:
@@ -54,9 +54,10 @@ def translator_for(ctx: RequestContext, target: ResolvedTarget, strict: bool | N
     else:
         name = ADAPTERS.get((provider.slug, endpoint))
         front = OpenAIFront(endpoint)
+    route = ctx.path[:100]  # the client's name for the endpoint; Portkey's (chatComplete, ...) is internal
     if name is None:
-        raise BadRequest(f"{endpoint} is not supported by {provider.slug}")
-    return Translator(_load(name), front, call_facts(ctx, target, strict))
+        raise BadRequest(f"{route} is not supported by {provider.slug}")
+    return Translator(_load(name), front, call_facts(ctx, target, strict), route)
 
 
 def call_facts(ctx: RequestContext, target: ResolvedTarget, strict: bool | None) -> CallFacts:

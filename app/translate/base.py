@@ -28,7 +28,7 @@ class NativeRequest:
     path: str
     body: Any
     headers: Mapping[str, str] = field(default_factory=dict)  # extra headers the native API needs
-    from_root: bool = False  # the path starts at the host's root, not at the provider's base URL (Cohere's /v2)
+    from_root: bool = False  # the path names its own version: it replaces the base URL's /v1 (Cohere's /v2)
 
 
 class ChunkParser(Protocol):

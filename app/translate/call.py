@@ -34,16 +34,18 @@ _SSE = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", 
 class Translator:
     """Translates one leaf's call: the client's body to the native request, the native answer back."""
 
-    def __init__(self, adapter: Any, front: Front, facts: CallFacts) -> None:
+    def __init__(self, adapter: Any, front: Front, facts: CallFacts, route: str | None = None) -> None:
         self.adapter = adapter
         self.front = front
         self.facts = facts
+        self.route = route  # the path the client called, for error messages
         self.native: NativeRequest | None = None
 
     def request(self, data: Any) -> Body:
         """Return the native body for the client's parsed JSON body (and keep the native path)."""
         if not isinstance(data, dict):
-            raise BadRequest(f"{self.front.endpoint} needs a JSON object body with Content-Type: application/json")
+            raise BadRequest(f"{self.route or 'This route'} needs a JSON object body with Content-Type: "
+                             "application/json")
         refuse_lone_surrogates(data)
         unified = self.front.request(data)
         self.facts = with_body(self.facts, unified)

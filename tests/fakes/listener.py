@@ -6,12 +6,14 @@ import socket
 import threading
 from types import TracebackType
 
+from tests.fakes.net import listen_port
+
 
 class Listener:
     """Accept every connection on a loopback port, count it and close it at once, answering nothing."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = socket.create_server(("127.0.0.1", listen_port()))
         self.sock.settimeout(0.5)  # a fallback: close() wakes accept() itself
         self.port = int(self.sock.getsockname()[1])
         self.accepted = 0

@@ -36,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 from tests.fakes import native
+from tests.fakes.net import listen_port
 
 _READ_CHUNK = 1 << 20  # request bodies are read 1 MiB at a time
 _WRITE_CHUNK = 64 * 1024  # generated response bodies are written 64 KiB at a time
@@ -1016,7 +1017,7 @@ class FakeProvider:
         """Bind and serve in a background thread."""
         if self._server is not None:
             raise RuntimeError("FakeProvider already started")
-        self._server = _Server((self.host, self.port), self)
+        self._server = _Server((self.host, self.port or listen_port()), self)
         host, self.port = self._server.server_address[:2]
         self._address = (str(host), self.port)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": _POLL_S},

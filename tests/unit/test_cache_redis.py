@@ -12,7 +12,7 @@ import redis
 
 from app.cache import CachedAnswer, RedisCache
 from app.cache.redis_backend import decode_answer, encode_answer, redact_url
-from tests.fakes.net import free_port
+from tests.fakes.net import free_port, listen_port
 from tests.fakes.redis_server import RedisServer
 
 PREFIX = "portico:cache:"
@@ -163,7 +163,7 @@ def test_redis_comes_back(cache_log: pytest.LogCaptureFixture) -> None:
 
 def test_unresponsive_redis_costs_about_one_timeout() -> None:
     with socket.socket() as silent:  # accepts connections (kernel backlog) but never answers
-        silent.bind(("127.0.0.1", 0))
+        silent.bind(("127.0.0.1", listen_port()))
         silent.listen(8)
         port = silent.getsockname()[1]
         cache = RedisCache(f"redis://127.0.0.1:{port}/0", 1 << 20, op_timeout_s=0.1, connect_timeout_s=0.1)

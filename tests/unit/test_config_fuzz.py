@@ -36,8 +36,8 @@ SEEDS: list[dict[str, Any]] = [
     {"strategy": {"mode": "fallback", "on_status_codes": [429, 500]},
      "targets": [{"provider": "openai", "weight": 0.5}, {"provider": "groq", "retry": {"attempts": 1}}]},
     {"strategy": {"mode": "loadbalance"},
-     "targets": [{"provider": "a", "weight": 1}, {"provider": "b", "weight": 0},
-                 {"strategy": {"mode": "single"}, "targets": [{"provider": "c"}]}]},
+     "targets": [{"provider": "openai", "weight": 1}, {"provider": "groq", "weight": 0},
+                 {"strategy": {"mode": "single"}, "targets": [{"provider": "cohere"}]}]},
     {"strategy": {"mode": "conditional", "default": "b",
                   "conditions": [{"query": {"metadata.tier": {"$eq": "pro"}}, "then": "a"}]},
      "targets": [{"name": "a", "provider": "openai"}, {"name": "b", "provider": "cohere"}]},
@@ -122,8 +122,8 @@ def mutate(rng: random.Random, config: dict[str, Any]) -> Any:
         elif kind == 5:
             spot["targets"] = [deep({"provider": "openai"}, rng.randrange(MAX_DEPTH - 2, MAX_DEPTH + 4))]
         elif kind == 6:
-            spot["targets"] = [{"provider": "p", "weight": rng.choice((0, 1))}] * rng.randrange(MAX_TARGETS - 5,
-                                                                                                 MAX_TARGETS + 5)
+            spot["targets"] = [{"provider": "groq", "weight": rng.choice((0, 1))}] * rng.randrange(MAX_TARGETS - 5,
+                                                                                                   MAX_TARGETS + 5)
         elif kind == 7:
             spot["strategy"] = {"mode": rng.choice(MODES), **({"conditions": junk(rng)} if rng.random() < .5 else {})}
         elif kind == 8:  # a list or scalar where an object goes

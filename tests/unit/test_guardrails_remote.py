@@ -90,7 +90,7 @@ def test_webhook_request() -> None:
     (TimeoutError("slow"), "webhook timed out after 3000 ms"),
     (UpstreamTimeout(3000), "webhook timed out after 3000 ms"),
     (InvalidCustomHost("custom host 'http://10.0.0.1' resolves to 10.0.0.1, a private address"),
-     "webhook failed: Invalid custom host (custom host 'http://10.0.0.1' resolves to 10.0.0.1, a private address)"),
+     "webhook failed: Invalid custom host: custom host 'http://10.0.0.1' resolves to 10.0.0.1, a private address"),
     (ConnectionResetError("peer said secret things"), "webhook failed: ConnectionResetError"),
 ])
 def test_webhook_failures_are_errored_checks(answer: Any, error: str) -> None:

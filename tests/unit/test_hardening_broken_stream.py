@@ -19,6 +19,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import GATEWAY_KEY, PROVIDER_SECRET
+from tests.fakes.net import listen_port
 from tests.fakes.provider import FakeProvider
 
 PARTIAL_EVENT = b'event: message_start\ndata: {"type":"mess'
@@ -34,7 +35,7 @@ class BrokenUpstream:
         self.head = head
         self.partial = partial
         self.requests = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", listen_port()))
         self._listener.settimeout(0.2)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="broken-upstream", daemon=True)

@@ -82,7 +82,7 @@ def test_schema_is_created_once_in_wal_with_version_and_indexes(db_path: str) ->
     LogStore(db_path).close()  # a second opening of the same file changes nothing
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert index_names(conn) == {"requests_ts", "requests_trace_id"}
     conn.close()
 
@@ -100,7 +100,7 @@ def test_a_version_1_file_loses_its_low_cardinality_indexes_and_keeps_its_rows(d
     conn.close()
     LogStore(db_path).close()
     conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert index_names(conn) == {"requests_ts", "requests_trace_id"}
     assert conn.execute("SELECT trace_id FROM requests").fetchall() == [("old",)]
     conn.close()

@@ -70,7 +70,7 @@ def test_full_gateway_file(tmp_path: Path) -> None:
     ("[[keys]]\nname = 'a'\nsha256 = 'abc'\n", "keys[0].sha256: must be 64 hex"),
     ("[[keys]]\nname = 'a'\nkey = 'env:NOPE_NOT_SET'\n", "keys[0].key: environment variable NOPE_NOT_SET is not set"),
     ("[catalog.x]\napi_key = 'k'\n", "catalog.x: provider is required"),
-    ("[catalog.x]\nprovider = 'openai'\ncolour = 'red'\n", "catalog.x: unknown field 'colour'"),
+    ("[catalog.x]\nprovider = 'openai'\ncolour = 'red'\n", "catalog.x.colour: unknown key"),
     ("[catalog.x]\nprovider = 'openia'\n", "catalog.x.provider: unknown provider 'openia'"),
     ("[custom_hosts]\nallow = '127.0.0.1'\n", "custom_hosts.allow: must be a list"),
     ("[limits]\nmax_body_bytes = -1\n", "limits.max_body_bytes: must be a non-negative integer"),

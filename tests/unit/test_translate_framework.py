@@ -172,8 +172,8 @@ def test_answer_stops_reading_after_an_error_event_and_drops_the_connection() ->
 
 
 def test_translator_refuses_a_body_that_is_not_a_json_object() -> None:
-    translator = Translator(OPENAI_CHAT, OpenAIFront("chatComplete"), FACTS)
-    with pytest.raises(BadRequest, match="chatComplete needs a JSON object body"):
+    translator = Translator(OPENAI_CHAT, OpenAIFront("chatComplete"), FACTS, "/v1/chat/completions")
+    with pytest.raises(BadRequest, match="^/v1/chat/completions needs a JSON object body"):
         translator.request([1, 2])
 
 

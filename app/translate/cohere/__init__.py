@@ -1,7 +1,9 @@
 """Cohere API v2: /v1/chat/completions as POST /v2/chat, /v1/embeddings as POST /v2/embed.
 
-Cohere's base URL ends in /v1 while these endpoints live under /v2, so the native paths start
-at the host's root (NativeRequest.from_root). Field by field choices: docs/translation/cohere.md.
+Cohere's base URL ends in /v1 while these endpoints live under /v2, so the native paths replace
+the base's version segment (NativeRequest.from_root); a custom host's path prefix stays
+(`https://h/proxy/cohere/v1` → `https://h/proxy/cohere/v2/chat`). Field by field choices:
+docs/translation/cohere.md.
 """
 
 from __future__ import annotations
