@@ -13,11 +13,6 @@ import http.client
 import json
 import os
 import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,14 +25,9 @@ import requests
 from app.settings import DEFAULT_MAX_BODY_BYTES
 from tests.conftest import GATEWAY_KEY
 from tests.fakes.net import free_port
+from tests.fakes.nginx import NginxProcess, nginx_binary
 from tests.fakes.provider import FakeProvider
 from tests.integration.conftest import ROOT, Gateway, gateway_toml
-
-
-def nginx_binary() -> str | None:
-    """Return the nginx executable (in /usr/sbin, off a non-root PATH), or None when it is not installed."""
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-
 
 NGINX = nginx_binary()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test installs it from Debian)")
@@ -87,56 +77,26 @@ def site_for_test(text: str, workdir: Path, gateway_port: int, port: int, tls_po
     return text
 
 
-class Nginx:
+class Nginx(NginxProcess):
     """A real nginx (daemon off, one worker) serving one of the deploy site files on loopback."""
 
     def __init__(self, site: Path, gateway_port: int, tls: bool = False) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="portico-nginx-")
-        self.dir = Path(self.tmp.name)
+        super().__init__()
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         if tls:
             write_test_certificate(self.dir)
         (self.dir / "site.conf").write_text(site_for_test(site.read_text(), self.dir, gateway_port, self.port,
                                                           self.tls_port))
-        # As root, nginx's worker would run as nobody, which cannot use this 0700 temp dir.
+        # As root, nginx's worker would run as nobody; run it as the test's user instead.
         user = f"user {pwd.getpwuid(0).pw_name};" if os.geteuid() == 0 else ""
         (self.dir / "nginx.conf").write_text(TOP_CONF.format(dir=self.dir, user=user))
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Nginx:
         """Start nginx and wait until it accepts connections."""
-        assert NGINX is not None
-        self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
-                                      "-e", str(self.dir / "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=(self.dir / "stderr.log").open("wb"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {self.proc.returncode}: {self.errors()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.tls_port or self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not come up: " + self.errors())
-
-    def stop(self) -> None:
-        """Stop nginx (SIGTERM: fast shutdown) and remove its files."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.tmp.cleanup()
-
-    def errors(self) -> str:
-        """Return what nginx wrote to its error logs."""
-        return "".join(path.read_text(errors="replace")[-2000:] for path in sorted(self.dir.glob("*.log"))
-                       if "error" in path.name or path.name == "stderr.log")
+        self.run(self.tls_port or self.port)
+        return self
 
     def access_log(self) -> str:
         """Return the site's access log (the log_format of the site file)."""

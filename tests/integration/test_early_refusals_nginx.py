@@ -10,21 +10,15 @@ reading what still comes, before it closes (docs/deploy.md, Early refusals).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import GATEWAY_KEY
 from tests.fakes.net import free_port
+from tests.fakes.nginx import NginxProcess, nginx_binary
 from tests.fakes.provider import FakeProvider
 from tests.integration.conftest import Gateway, gateway_toml
 
@@ -66,53 +60,16 @@ http {{
 """
 
 
-def nginx_binary() -> str | None:
-    """Return the nginx executable, if this machine has one (the Makefile installs it)."""
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-
-
-class Nginx:
+class Nginx(NginxProcess):
     """A real nginx in front of the gateway, configured by the test alone."""
 
-    def __init__(self, binary: str, gateway_port: int, request_buffering: str) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="portico-nginx-")
-        self.dir = Path(self.tmp.name)
-        self.dir.chmod(0o755)  # run as root, nginx's workers (nobody) write the temp paths under it
+    def __init__(self, gateway_port: int, request_buffering: str) -> None:
+        super().__init__()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.dir, gateway_port=gateway_port, port=self.port,
-                                          request_buffering=request_buffering))
-        self.proc = subprocess.Popen([binary, "-p", str(self.dir), "-e", str(self.dir / "error.log"),
-                                      "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {self.proc.returncode}: {self.errors()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
-
-    def errors(self) -> str:
-        """Return the end of nginx's error log (why it answered 502, if it did)."""
-        path = self.dir / "error.log"
-        return path.read_text(errors="replace")[-1500:] if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.tmp.cleanup()
+        (self.dir / "nginx.conf").write_text(NGINX_CONF.format(dir=self.dir, gateway_port=gateway_port,
+                                                              port=self.port, request_buffering=request_buffering))
+        self.run(self.port)
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +82,9 @@ def refusing_gateway(fake: FakeProvider) -> Iterator[Gateway]:
 
 @pytest.fixture(scope="module", params=["off", "on"], ids=["request-buffering-off", "request-buffering-on"])
 def nginx(request: pytest.FixtureRequest, refusing_gateway: Gateway) -> Iterator[Nginx]:
-    binary = nginx_binary()
-    if binary is None:
+    if nginx_binary() is None:
         pytest.skip("nginx is not installed (make test installs it)")
-    proxy = Nginx(binary, refusing_gateway.port, request.param)
+    proxy = Nginx(refusing_gateway.port, request.param)
     yield proxy
     proxy.stop()
 
