@@ -9,7 +9,7 @@ GatewayError                      status, message; rendered {"status": "failure"
 ├── MethodNotAllowed              405, with Allow
 ├── PayloadTooLarge               413
 ├── RequestTimeout                408, the client did not send its request in time
-├── UpstreamTimeout               408, OpenAI-style error body (SPEC 9.2)
+├── UpstreamTimeout               408, OpenAI-style error body (docs/decisions.md, Timeouts and errors)
 └── UpstreamUnreachable           502, x-portkey-gateway-exception: true
 """
 
@@ -106,7 +106,7 @@ class UpstreamTimeout(GatewayError):
         super().__init__(f"Request exceeded the timeout sent in the request: {timeout_ms}ms")
 
     def body(self) -> dict[str, Any]:
-        """Return the OpenAI-style timeout body of SPEC 9.2."""
+        """Return the OpenAI-style timeout body (docs/decisions.md, Timeouts and errors)."""
         return {"error": {"message": self.message, "type": "timeout_error", "param": None, "code": None}}
 
 

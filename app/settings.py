@@ -30,7 +30,7 @@ DEFAULT_LOGS_PATH = "portico-logs.sqlite"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-# Catalog fields that name how to reach a provider (SPEC 4.2); api_key is the credential.
+# Catalog fields that name how to reach a provider (docs/gateway-file.md, [catalog]); api_key is the credential.
 CATALOG_FIELDS = (
     "provider", "api_key", "custom_host", "resource_name", "deployment_id", "api_version",
     "aws_region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",

@@ -1,4 +1,4 @@
-"""Response cache (SPEC 9.3): keys, the stored answer, and in-process or Redis stores."""
+"""Response cache (docs/cache.md): keys, the stored answer, and in-process or Redis stores."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cache keys: a sha256 over every part of a request that can change its answer (SPEC 9.3)."""
+"""Cache keys: a sha256 over every part of a request that can change its answer (docs/cache.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frozen config models: what the pipeline sees after validation (SPEC 8)."""
+"""Frozen config models: what the pipeline sees after validation (docs/configs.md)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class Strategy:
 class Target:
     """A config node: a provider leaf, or a strategy over nested targets. The root config is a Target too.
 
-    Fields left None are inherited from the parent (SPEC 8.3).
+    Fields left None are inherited from the parent (docs/configs.md, Routing).
     """
 
     provider: str | None = None
@@ -81,6 +81,3 @@ class Target:
     def is_leaf(self) -> bool:
         """Return True when this node names a provider rather than a strategy over targets."""
         return not self.targets
-
-
-Config = Target

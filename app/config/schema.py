@@ -1,4 +1,4 @@
-"""Validate an `x-portkey-config` dict into the frozen models of `app.config.models` (SPEC 8.1, 8.2).
+"""Validate an `x-portkey-config` dict into the frozen models of `app.config.models` (docs/configs.md, Validation).
 
 A config is attacker-controlled, so the shape of its `targets` tree is bounded by an
 iterative walk before marshmallow (which recurses) ever sees it. marshmallow then checks

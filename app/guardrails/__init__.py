@@ -1,4 +1,4 @@
-"""Guardrail hooks (SPEC 12): expand shorthand, validate hook lists, run hooks, report hook_results.
+"""Guardrail hooks (docs/guardrails.md): expand shorthand, validate hook lists, run hooks, report hook_results.
 
     before, after = expand_hooks(t.before_request_hooks, t.after_request_hooks,
                                  t.input_guardrails, t.output_guardrails)

@@ -1,4 +1,4 @@
-"""The built-in `default.*` checks (SPEC 12) and the registry the runner and the validation use.
+"""The built-in `default.*` checks (docs/guardrails.md) and the registry the runner and the validation use.
 
 Each check is a small function of the check input and its resolved parameters that returns
 (verdict, data): the verdict says whether the condition holds (the runner applies `not`), data gives

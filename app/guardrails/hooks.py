@@ -1,4 +1,4 @@
-"""Run one event's hooks over a request or an answer and build their hook_results entries (SPEC 12).
+"""Run one event's hooks over a request or an answer and build their hook_results entries (docs/guardrails.md).
 
 Hooks run in order; each sees the bodies as changed by the mutators before it. Within a hook the checks
 run in order too, inline: the pure checks cost microseconds, far less than a thread hand-off. Only

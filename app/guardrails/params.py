@@ -1,6 +1,6 @@
 """Check parameters: one spec per check, used by the config validation and again before every run.
 
-Names follow SPEC 12. A parameter set to null counts as absent. Unknown parameters are refused: a typo
+Names follow docs/guardrails.md. A parameter set to null counts as absent. Unknown parameters are refused: a typo
 such as `maxword` would otherwise leave a guardrail silently at its default. Every check also takes
 `fail_on_error` (alias `failOnError`) and, where inverting makes sense, `not`.
 """

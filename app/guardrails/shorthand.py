@@ -1,4 +1,4 @@
-"""Turn a target's four hook lists into full before/after hooks (SPEC 12).
+"""Turn a target's four hook lists into full before/after hooks (docs/guardrails.md).
 
 `input_guardrails` / `output_guardrails` use Portkey's shorthand: each element is an object whose
 reserved keys (`deny on_fail on_success async id type sequential`, plus `fail_on_error` and

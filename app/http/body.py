@@ -1,4 +1,4 @@
-"""The request body, spooled once so every attempt can replay it byte for byte (SPEC 5.2)."""
+"""The request body, spooled once so every attempt can replay it byte for byte (docs/decisions.md, Proxy)."""
 
 from __future__ import annotations
 
@@ -58,11 +58,6 @@ class Body:
             file.flush()
             return cls(file=file, size=size)
         return cls(bytes(buffer))
-
-    @property
-    def in_memory(self) -> bool:
-        """Return True when the body is held as bytes."""
-        return self._file is None
 
     def payload(self) -> bytes | IO[bytes] | None:
         """Return what an attempt sends: the bytes, or the file rewound to its start."""

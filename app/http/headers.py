@@ -1,4 +1,4 @@
-"""Which headers go upstream and which come back (SPEC 5.3, 5.4)."""
+"""Which headers go upstream and which come back (docs/decisions.md, Headers)."""
 
 from __future__ import annotations
 

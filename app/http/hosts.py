@@ -106,7 +106,6 @@ class _Target:
     scheme: str
     host: str
     port: int
-    explicit_port: bool
     path: str
     ip: IPAddress | None
     shown: str
@@ -315,7 +314,7 @@ def _parse_url(url: str) -> _Target:
     raw_host, port_text = _split_authority(authority)
     port = _parse_port(port_text, scheme)
     host, ip = _parse_host(raw_host, shown)
-    return _Target(scheme, host, port, port_text is not None, (slash + path).rstrip("/"), ip, shown)
+    return _Target(scheme, host, port, (slash + path).rstrip("/"), ip, shown)
 
 
 def _check_characters(url: str) -> None:

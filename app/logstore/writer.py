@@ -59,7 +59,6 @@ class Writer:
         self.commits = 0
         self.written = 0
         self.failed = 0
-        self.pruned = 0
         self._queue = queue
         self._wake = wake
         self._batch_size = batch_size
@@ -170,7 +169,6 @@ class Writer:
             for _ in range(PRUNE_MAX_ROUNDS):
                 deleted = transaction(self._connection(), lambda conn: conn.execute(
                     _PRUNE_SQL, (cutoff, PRUNE_BATCH)).rowcount, "retention")
-                self.pruned += deleted
                 if deleted < PRUNE_BATCH:
                     return
             # More expired rows are left: go on at the next wake-up, after the inserts queued meanwhile.

@@ -81,7 +81,7 @@ class Gateway:
         return upstream.send(ctx, target, body, timeout_ms, forward, self.sessions.get(), self.policy, self.settings)
 
     def cache_key(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None) -> str:
-        """Return the cache key of a leaf's call (SPEC 9.3)."""
+        """Return the cache key of a leaf's call (docs/cache.md)."""
         url, _ = upstream.upstream_url(ctx, target, self.policy)
         # The client's own body is parsed already (routing read it); a rewritten one is parsed by the key.
         parsed = ctx.body_json() if body is ctx.body else None

@@ -69,11 +69,6 @@ class Answer:
         kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
         return cls(status, reason, kept + [("Content-Length", str(len(body)))], body, source=source)
 
-    @property
-    def is_whole(self) -> bool:
-        """Return True when the body is all in memory."""
-        return self.response is None
-
     def header(self, name: str) -> str | None:
         """Return the first header of that name (case-insensitive)."""
         lower = name.lower()

@@ -1,4 +1,4 @@
-"""Gateway-key authentication (SPEC 3)."""
+"""Gateway-key authentication (docs/decisions.md, Gateway keys; docs/gateway-file.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How long to wait before the next retry (SPEC 9.1): jittered exponential backoff or Retry-After."""
+"""How long to wait before the next retry (docs/configs.md, Retries): jittered exponential backoff or Retry-After."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The response cache around a leaf (SPEC 9.3): look up before the call, store a complete 2xx answer after."""
+"""The response cache around a leaf (docs/cache.md): look up before the call, store a complete 2xx answer after."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The conditional router's query language (SPEC 8.3).
+"""The conditional router's query language (docs/configs.md, Routing).
 
 A query is a JSON object. Its keys are `$and` / `$or` (lists of queries) or dotted paths
 into the context (`metadata.tier`, `params.messages.0.role`); a path's value is either a

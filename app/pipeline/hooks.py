@@ -1,4 +1,4 @@
-"""Guardrail hooks around a leaf's upstream call: deny (446), flag (246), mutate (SPEC 12)."""
+"""Guardrail hooks around a leaf's upstream call: deny (446), flag (246), mutate (docs/guardrails.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gateway's own request headers: trace id, metadata, timeout, forward list (SPEC 2)."""
+"""The gateway's own request headers: trace id, metadata, timeout, forward list (docs/decisions.md, Headers)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ _UNIFIED_CONTENT_TYPES = ("application/json", "multipart/form-data", "applicatio
 
 
 def check_content_type(ctx: RequestContext, has_body: bool) -> None:
-    """Refuse a body of a content type the unified routes cannot read (SPEC 2)."""
+    """Refuse a body of a content type the unified routes cannot read (docs/decisions.md, Headers)."""
     if ctx.route != UNIFIED or not has_body:
         return
     media = (ctx.headers.get("content-type") or "").split(";", 1)[0].strip().lower()

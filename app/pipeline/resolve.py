@@ -1,4 +1,7 @@
-"""Provider resolution: the config of a call, and each leaf target into provider, credential and host (SPEC 4, 8)."""
+"""Provider resolution: a call's config, and each leaf target's provider, credential and host.
+
+The rules: docs/providers.md and docs/configs.md.
+"""
 
 from __future__ import annotations
 
@@ -224,7 +227,7 @@ def client_credential(headers: Mapping[str, str]) -> str | None:
 
 
 def merged(parent: Target, child: Target) -> Target:
-    """Return the child with what it inherits from its parent filled in (SPEC 8.3)."""
+    """Return the child with what it inherits from its parent filled in (docs/configs.md, Routing)."""
     changes: dict[str, Any] = {}
     if parent.override_params:
         changes["override_params"] = {**parent.override_params, **(child.override_params or {})}

@@ -1,4 +1,4 @@
-"""Provider slugs: base URL, auth style, native format and provider-specific headers (SPEC 4.1)."""
+"""Provider slugs: base URL, auth style, native format and provider-specific headers (docs/providers.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ SIGV4 = "sigv4"
 OPENAI_FORMAT = "openai"
 ANTHROPIC_FORMAT = "anthropic"
 
-# x-portkey-* header suffix → option name, per provider: read only for that provider (SPEC 2).
+# x-portkey-* header suffix → option name, per provider: read only for that provider (docs/providers.md).
 _OPENAI_OPTIONS = {"openai-organization": "openai_organization", "openai-project": "openai_project"}
 _ANTHROPIC_OPTIONS = {"anthropic-version": "anthropic_version", "anthropic-beta": "anthropic_beta"}
 _AZURE_OPTIONS = {"azure-resource-name": "resource_name", "azure-deployment-id": "deployment_id",

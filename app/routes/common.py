@@ -12,6 +12,7 @@ from flask import Response, current_app, g, request
 
 from app.errors import BadRequest, GatewayError, PayloadTooLarge
 from app.http import client_ip
+from app.observe import CallEnd
 from app.pipeline import Gateway
 from app.pipeline.answer import Answer, Relay
 from app.pipeline.context import RequestContext
@@ -58,7 +59,7 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     if streamed(answer, ctx):
         headers.append(("X-Accel-Buffering", "no"))
     status = f"{answer.status} {answer.reason}".strip()
-    body = Relay(answer, ctx, on_close=gw.observer.finished(ctx, answer.status), on_complete=on_complete,
+    body = Relay(answer, ctx, on_close=call_end(ctx, answer.status), on_complete=on_complete,
                  keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer))
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
@@ -89,8 +90,25 @@ def error_response(err: GatewayError, ctx: RequestContext | None) -> Response:
     if ctx is None:
         return response
     ctx.error = err.message
-    response.call_on_close(gateway().observer.finished(ctx, err.status))
+    response.call_on_close(call_end(ctx, err.status))
     return with_gateway_headers(response, ctx)
+
+
+def call_end(ctx: RequestContext, status: int) -> CallEnd:
+    """Return what runs once the answer is over: record the call, then delete its spooled body.
+
+    Every attempt, retry and fallback replays the same body, so it lives until the call ends; recording may
+    still read it (the request's model), so it goes last.
+    """
+    record = gateway().observer.finished(ctx, status)
+
+    def end(client_left: bool = False) -> None:
+        try:
+            record(client_left)
+        finally:
+            if ctx.body is not None:
+                ctx.body.close()
+    return end
 
 
 def drain_refused_body(err: GatewayError) -> None:
@@ -123,14 +141,14 @@ def drain_refused_body(err: GatewayError) -> None:
 
 
 def with_gateway_headers(response: Response, ctx: RequestContext) -> Response:
-    """Add the gateway's response headers (SPEC 10) to a response the gateway wrote itself."""
+    """Add the gateway's response headers (docs/configs.md, Response headers) to a response the gateway wrote itself."""
     for name, value in gateway_headers(ctx):
         response.headers[name] = value
     return response
 
 
 def gateway_headers(ctx: RequestContext) -> list[tuple[str, str]]:
-    """Return the gateway's response headers for a call (SPEC 10)."""
+    """Return the gateway's response headers for a call (docs/configs.md, Response headers)."""
     headers = [("x-portkey-trace-id", ctx.trace_id)] if ctx.trace_id else []
     if ctx.target is not None:
         headers += [("x-portkey-provider", ctx.target.provider.slug),

@@ -1,4 +1,4 @@
-"""The catch-all proxy: /v1/proxy/<path> (legacy) and /v1/<path>, forwarded byte for byte (SPEC 5)."""
+"""The catch-all proxy: /v1/proxy/<path> (legacy) and /v1/<path>, forwarded byte for byte (docs/decisions.md, Proxy)."""
 
 from __future__ import annotations
 

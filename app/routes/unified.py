@@ -1,4 +1,4 @@
-"""Unified routes: one format in and out, whatever the provider (SPEC 7). Registered before the proxy."""
+"""Unified routes: one format in and out, whatever the provider (docs/providers.md). Registered before the proxy."""
 
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ What it changes (docs/deploy.md, "Slow clients" and "Shutdown"):
   408 and the connection is closed.
 - An answer that leaves a refused body unread (docs/deploy.md, Early refusals) says `Connection: close`;
   the worker then reads and discards what the client still sends, for up to 2 s, before it closes.
+- A worker whose threads all hold a connection (serving it, or with its head here and queued for a thread)
+  stops accepting until one is free, so the kernel hands new connections to a worker that has a free thread
+  (docs/decisions.md, Workers).
 - Told to stop, the worker closes its listening sockets at once, so new connections are refused (or go to
   a new master) instead of waiting unanswered; at the end of the graceful period it records the calls it
   cuts (status 499, error `shutdown`) before it exits.
@@ -154,7 +157,7 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.late_head = b""
         self.waiting: dict[ClientConn, None] = {}  # watched by the poller for their head
         self.next_expiry = math.inf  # the earliest head deadline among them
-        self.busy: set[ClientConn] = set()
+        self.busy: set[ClientConn] = set()  # handed to a thread: served, or queued for one with its head here
         self.cut = 0
 
     def init_process(self) -> None:
@@ -175,6 +178,8 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def accept(self, listener: Any) -> None:
         """Accept a client; its request head is read on the poller, not by a thread."""
+        if not self._accepting:
+            return  # paused (or stopped) earlier in this poller round: the client stays in the kernel's backlog
         try:
             sock, client = listener.accept()
         except OSError as err:
@@ -191,6 +196,8 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
             conn.head_ready = False
             self.busy.add(conn)
             super().enqueue_req(conn)
+            if self._accepting and self.no_free_thread():
+                self.set_accept_enabled(False)
             return
         if conn.parser is not None:
             conn.head[:0] = conn.parser.unreader.take_buffered()  # read ahead by the last request
@@ -336,10 +343,21 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.busy.discard(conn)
         super().finish_request(conn, fs)
 
-    # Stopping.
+    def no_free_thread(self) -> bool:
+        """Return True when every thread has a connection, serving it or with its head here and waiting for it."""
+        return len(self.busy) >= self.cfg.threads
+
+    # Accepting, and stopping.
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        """Stop or resume accepting; when stopping for good, close the listening sockets at once."""
+        """Stop or resume accepting; resume only with a free thread; when stopping for good, close the listeners.
+
+        A worker with no free thread leaves new connections to the kernel, which hands them to a worker that is
+        accepting (docs/decisions.md, Workers). gthread's loop asks to resume every round; it does once a thread
+        is free, and never after the worker is told to stop.
+        """
+        if enabled and (not self.alive or self.no_free_thread()):
+            return
         super().set_accept_enabled(enabled)
         if not enabled and not self.alive:
             self.stop_listening()

@@ -1,4 +1,4 @@
-"""Translation between the unified formats and each provider's native API (SPEC 7).
+"""Translation between the unified formats and each provider's native API (docs/providers.md, Translation).
 
 A call needs translating when its provider does not speak the route's format natively. The
 adapter (provider side) turns a unified request into the native one and the native answer,

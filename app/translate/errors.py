@@ -1,4 +1,6 @@
-"""Provider errors in the unified shape (SPEC 7): `{"error": {...}, "provider": slug}` with the upstream status.
+"""Provider errors in the unified shape: `{"error": {...}, "provider": slug}` with the upstream status.
+
+The shape and the type names: docs/providers.md, Translation.
 
 Credentials in a provider's message are masked (docs/security.md).
 """

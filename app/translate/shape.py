@@ -9,7 +9,7 @@ from app.errors import BadRequest
 from app.providers.registry import odd_character
 from app.translate.base import CallFacts
 
-# The finish reasons a unified answer may carry (SPEC 7).
+# The finish reasons a unified answer may carry (docs/providers.md, Translation).
 STOP = "stop"
 LENGTH = "length"
 TOOL_CALLS = "tool_calls"

@@ -1,6 +1,7 @@
 """Measure the request log: record() cost on the hot path, committed rows/s with several writer processes.
 
-Run: python -m app.logstore.bench [--processes 4] [--rows 50000] [--analytics-rows 0]
+Run: .venv/bin/python -m bench.logstore [--processes 4] [--rows 50000] [--calls 200000] [--analytics-rows 0]
+(standalone; not one of `bench.run`'s sections)
 """
 
 from __future__ import annotations
