@@ -10,7 +10,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.txt"
 # In the order they run.
-SECTIONS = ("throughput", "config", "cache", "translation", "observability", "streaming", "rss", "hardening")
+SECTIONS = ("throughput", "config", "cache", "translation", "observability", "streaming", "rss", "hardening",
+            "capacity")
 
 
 @dataclass(frozen=True)

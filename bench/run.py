@@ -1,9 +1,10 @@
 """Portico's load benchmark: direct vs floor vs Portico, config engine, cache, guardrails, observability, TTFB, RSS.
 
-    .venv/bin/python -m bench.run                 # the full run, about 7 minutes
-    .venv/bin/python -m bench.run --quick         # a short smoke run, about two minutes
+    .venv/bin/python -m bench.run                 # the full run, about 15 minutes (capacity: 7)
+    .venv/bin/python -m bench.run --quick         # a short smoke run, about five minutes (capacity: 3)
     .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, cache,
-                                                  # translation, observability, streaming, rss, hardening
+                                                  # translation, observability, streaming, rss, hardening,
+                                                  # capacity
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -23,6 +24,7 @@ from types import FrameType
 
 from bench import sections, translation
 from bench.cache_guardrails import cache_guardrails
+from bench.capacity import capacity
 from bench.config_engine import config_engine
 from bench.hardening import hardening
 from bench.loadgen import RERANK_BODY, write_script
@@ -100,6 +102,9 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
     if plan.runs("hardening"):
         report.note("hardening")
         verdicts += hardening(report, plan, procs, workdir)
+    if plan.runs("capacity"):
+        report.note("capacity")
+        verdicts += capacity(report, plan, procs, workdir)
     return verdicts
 
 

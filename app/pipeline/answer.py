@@ -176,11 +176,30 @@ def _which(source: str) -> str:
 
 def read_chunk(response: requests.Response) -> bytes:
     """Read what the upstream has sent so far (up to CHUNK bytes, without waiting to fill it); b"" at the end."""
+    raw = response.raw
     try:
-        return response.raw.read1(CHUNK, decode_content=False)
+        # A chunked body's events are read from http.client directly: urllib3's read1 adds several calls and
+        # a context manager per event and nothing a chunked, undecoded body needs (docs/decisions.md). The
+        # end of the body, and any other body, still goes through urllib3, which closes and counts it.
+        fp = raw._fp if type(raw) is urllib3.HTTPResponse else None
+        if type(fp) is http.client.HTTPResponse and fp.chunked and not raw._has_decoded_content:
+            try:
+                data = fp.read1(CHUNK)
+            except (http.client.HTTPException, OSError) as err:
+                raise _as_urllib3_error(err) from err
+            if data:
+                return data
+        return raw.read1(CHUNK, decode_content=False)
     except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
         host = urlsplit(response.url).hostname or "the upstream"
         raise UpstreamUnreachable(f"Upstream host {host} broke off its answer: {cause_of(err)}") from err
+
+
+def _as_urllib3_error(err: BaseException) -> BaseException:
+    """Return the error urllib3 would have raised for a failed read, so the message stays the same."""
+    if isinstance(err, TimeoutError):
+        return err
+    return urllib3.exceptions.ProtocolError(f"Connection broken: {err!r}", err)
 
 
 class Relay:

@@ -41,6 +41,15 @@ class EventReader:
         """Return the bytes this reader holds now (for memory checks)."""
         return len(self._open)
 
+    def whole_events(self, chunk: bytes) -> bool:
+        """Tell whether chunk is a run of complete events that leaves nothing open (the usual relayed chunk).
+
+        Feeding such a chunk leaves the reader as it found it, so a caller that sees nothing of interest
+        in the chunk as a whole may skip feeding it: no event in it would be of interest either.
+        """
+        return (not self._open and not self._skipping and not self._cr_held
+                and chunk.endswith(self._separator) and b"\r" not in chunk)
+
     def feed(self, chunk: bytes) -> None:
         """Read a chunk, handing every event it completes to the callback."""
         chunk = self._normalise_line_ends(chunk)

@@ -72,6 +72,7 @@ class UsageTap:
         self._max_json_bytes = max_json_bytes
         self._max_event_bytes = max_event_bytes
         self._reader: _Reader | None = None
+        self._lines: EventReader | None = None  # the reader, when it splits SSE or NDJSON events
         self._sniffing = False
         self._sniffed = b""
         self._inflater: Inflater | None = None
@@ -103,7 +104,12 @@ class UsageTap:
         self._result = None
         try:
             if self._inflater is None:
-                self._route(bytes(chunk))
+                data = bytes(chunk)
+                lines = self._lines
+                if lines is not None and lines.whole_events(data) and not self._wanted(data):
+                    # The usual relayed chunk: whole content deltas, none mentioning usage. Nothing to split.
+                    return
+                self._route(data)
                 return
             for piece in self._inflater.feed(bytes(chunk)):
                 self._route(piece)
@@ -126,11 +132,11 @@ class UsageTap:
 
     def _choose_reader(self, media_type: str) -> None:
         if media_type == "text/event-stream":
-            self._reader = EventReader(self._on_event, max_line=self._max_event_bytes)
+            self._reader = self._lines = EventReader(self._on_event, max_line=self._max_event_bytes)
         elif media_type == "application/vnd.amazon.eventstream":
             self._reader = EventStreamReader(self._on_frame, max_frame=self._max_event_bytes)
         elif media_type in _NDJSON_TYPES:
-            self._reader = EventReader(self._on_event, ndjson=True, max_line=self._max_event_bytes)
+            self._reader = self._lines = EventReader(self._on_event, ndjson=True, max_line=self._max_event_bytes)
         elif (not media_type or media_type == "application/json" or media_type.endswith("+json")
               or media_type == "text/plain"):
             # JSON, or a mislabelled stream: the first bytes tell which.
@@ -168,7 +174,7 @@ class UsageTap:
         if data[:1] in (b"{", b"["):
             self._reader = JsonBody(self._acc, self._max_json_bytes)
         elif data.startswith((b"data:", b"event:", b"id:", b":", b"retry:")):
-            self._reader = EventReader(self._on_event, max_line=self._max_event_bytes)
+            self._reader = self._lines = EventReader(self._on_event, max_line=self._max_event_bytes)
         else:
             self._stop()
             return b""
