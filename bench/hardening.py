@@ -16,8 +16,10 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from bench.plan import Plan
 from bench.procfs import children
@@ -42,7 +44,7 @@ CHAT = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "mode
 CHAT_BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}
 SSE_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 # Each decode path: (name, provider, config extra, what the hostile upstream answers, stream or not).
-BOMB_PATHS = (
+BOMB_PATHS: tuple[tuple[str, str, dict[str, Any], str, bool], ...] = (
     ("translated answer", "anthropic", {}, "200", False),
     ("output guardrail", "openai", {"output_guardrails": [{"default.wordCount": {"minWords": 1}}]}, "200", False),
     ("error body", "anthropic", {}, "400", False),
@@ -154,12 +156,12 @@ def redos(report: Report, portico: Server, upstream: str) -> bool:
     return ok
 
 
-def peak_rss_growth_mib(worker: int, call: Callable[[], int]) -> tuple[float, int]:
+def peak_rss_growth_mib(worker: int, call: Callable[[], tuple[int, float, bytes]]) -> tuple[float, int]:
     """Reset the worker's peak RSS, make the call, and return (peak growth in MiB, status)."""
     status_path = Path(f"/proc/{worker}/status")
     Path(f"/proc/{worker}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib(status_path, "VmRSS:")
-    status = call()
+    status = call()[0]
     return max(0, _status_kib(status_path, "VmHWM:") - before) / 1024, status
 
 
@@ -183,8 +185,8 @@ def bombs(report: Report, portico: Server, upstream: str) -> list[bool]:
         body = {**CHAT_BODY, "stream": True} if stream else CHAT_BODY
         for _ in range(RUNS):
             headers = chat_headers(provider, f"{upstream}/bomb/{kind}/v1", extra)
-            mib, answered = peak_rss_growth_mib(
-                workers[0], lambda h=headers, b=body: post(portico.port, "/v1/chat/completions", h, b)[0])
+            call = partial(post, portico.port, "/v1/chat/completions", headers, body)
+            mib, answered = peak_rss_growth_mib(workers[0], call)
             growth.append(mib)
             seen.add(answered)
         ok = max(growth) <= BOMB_MAX_MIB and 0 not in seen and 500 not in seen
