@@ -9,13 +9,11 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from app.call.context import RequestContext
 from app.redact import NO_SECRETS, SecretFilter, Secrets, redact_query
 from app.redact import redact as redact  # re-exported: older imports read it here
-
-if TYPE_CHECKING:  # the pipeline imports this module; a runtime import would be circular
-    from app.pipeline.context import RequestContext
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds a new encoder per call
 

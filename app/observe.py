@@ -7,18 +7,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from app.call.answer import Answer
+from app.call.context import RequestContext
 from app.logs import access_line, write_access_line
 from app.logstore import LogRecord, LogStore
 from app.metrics import OTHER, GatewayMetrics
 from app.redact import MASK, NO_SECRETS, Secrets, call_secrets, track_call
 from app.server import inflight
 from app.usage import Cost, PricingTable, Usage, UsageTap
-
-if TYPE_CHECKING:  # the pipeline builds the observer; importing it here at run time would be circular
-    from app.pipeline.answer import Answer
-    from app.pipeline.context import RequestContext
 
 log = logging.getLogger(__name__)
 # nginx's code for a client that closed the connection before the answer ended; the gateway uses it for a

@@ -6,6 +6,8 @@ from typing import BinaryIO
 
 from app import redact
 from app.cache import ResponseCache, build_cache, cache_key
+from app.call.answer import Answer
+from app.call.context import RequestContext, ResolvedTarget
 from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
@@ -14,8 +16,6 @@ from app.logstore import LogStore
 from app.metrics import get_metrics
 from app.observe import CallObserver
 from app.pipeline import auth, inbound, resolve, upstream
-from app.pipeline.answer import Answer
-from app.pipeline.context import RequestContext, ResolvedTarget
 from app.pipeline.routing import LeafExtras, Outcome, Router
 from app.settings import Settings
 from app.usage import PricingTable

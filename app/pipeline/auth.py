@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from app.call.context import RequestContext
 from app.errors import Unauthorized
-from app.pipeline.context import RequestContext
 from app.settings import Settings
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.cache import CachedAnswer, ResponseCache
+from app.call.answer import Answer
+from app.call.context import RequestContext
 from app.config.models import CachePolicy
-from app.pipeline.answer import Answer
-from app.pipeline.context import RequestContext
 
 DISABLED, MISS, HIT, REFRESH = "DISABLED", "MISS", "HIT", "REFRESH"
 DEFAULT_MAX_AGE_S = 24 * 3600  # Portkey documents a day when max_age is not given

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app.call.answer import Answer
+from app.call.context import RequestContext
 from app.config.models import Target
 from app.guardrails import GuardrailHTTP, HookContext, expand_hooks, run_hooks, skipped_results
 from app.http.body import Body
-from app.pipeline.answer import Answer
-from app.pipeline.context import RequestContext
 
 BEFORE_ENDPOINTS = frozenset({"chatComplete", "complete", "messages", "embed"})
 AFTER_ENDPOINTS = frozenset({"chatComplete", "complete", "messages"})

@@ -6,9 +6,9 @@ import json
 import random
 import time
 
+from app.call.context import UNIFIED, RequestContext
 from app.errors import BadRequest
 from app.http.headers import forward_list
-from app.pipeline.context import UNIFIED, RequestContext
 
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 _VERSION_7 = 0x7 << 76

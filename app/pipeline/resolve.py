@@ -11,11 +11,11 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
+from app.call.context import UNIFIED, RequestContext, ResolvedTarget
 from app.config.models import Target
 from app.config.schema import parse_config
 from app.errors import BadRequest
 from app.http.body import Body
-from app.pipeline.context import UNIFIED, RequestContext, ResolvedTarget
 from app.providers.registry import Provider, get_provider, header_options
 from app.redact import CREDENTIAL_OPTIONS, Secrets
 from app.settings import Settings

@@ -8,26 +8,23 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from app import translate
 from app.cache import ResponseCache
+from app.call.answer import Answer
+from app.call.context import RequestContext, ResolvedTarget
 from app.config.models import RetryPolicy, Strategy, Target
 from app.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreachable
 from app.guardrails import GuardrailHTTP
 from app.http.body import Body
 from app.http.headers import forward_list
 from app.pipeline import cache as cache_stage
-from app.pipeline.answer import Answer
 from app.pipeline.backoff import next_wait
 from app.pipeline.conditions import pick_conditional
-from app.pipeline.context import RequestContext, ResolvedTarget
 from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after, run_before
 from app.pipeline.resolve import leaf_body, merged, resolve_leaf
 from app.settings import Settings
-
-if TYPE_CHECKING:  # imported for annotations only: app.translate imports the pipeline's modules
-    from app.translate.call import Translator
+from app.translate.call import Translator
 
 log = logging.getLogger(__name__)
 # Failures of the upstream itself: they are retried and they move a fallback on. Any other

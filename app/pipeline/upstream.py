@@ -16,14 +16,14 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 from requests.utils import requote_uri
 
+from app.call.answer import Answer, masked_error, read_chunk
+from app.call.context import PROXY, RequestContext, ResolvedTarget
 from app.errors import BadRequest, InvalidCustomHost, UpstreamTimeout, UpstreamUnreachable
 from app.http.body import Body
 from app.http.deadline import Deadline
 from app.http.failures import cause_of, caused_by
 from app.http.headers import forwarded_headers, proxy_headers
 from app.http.hosts import HostPolicy, PinnedHost, UnresolvedHost
-from app.pipeline.answer import Answer, masked_error, read_chunk
-from app.pipeline.context import PROXY, RequestContext, ResolvedTarget
 from app.providers import aws
 from app.providers.registry import SIGV4
 from app.redact import call_secrets

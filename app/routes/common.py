@@ -10,12 +10,12 @@ from urllib.parse import quote, unquote
 
 from flask import Response, current_app, g, request
 
+from app.call.answer import Answer, Relay
+from app.call.context import RequestContext
 from app.errors import BadRequest, GatewayError, PayloadTooLarge
 from app.http import client_ip
 from app.observe import CallEnd
 from app.pipeline import Gateway
-from app.pipeline.answer import Answer, Relay
-from app.pipeline.context import RequestContext
 from app.pipeline.inbound import assign_trace_id
 from app.server.worker import close_after_answer
 

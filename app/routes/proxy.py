@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from app.pipeline.context import PROXY
+from app.call.context import PROXY
 from app.routes.common import serve
 
 bp = Blueprint("proxy", __name__)

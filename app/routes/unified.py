@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from app.pipeline.context import UNIFIED
+from app.call.context import UNIFIED
 from app.providers.registry import ANTHROPIC_FORMAT, OPENAI_FORMAT
 from app.routes.common import serve
 

@@ -13,8 +13,8 @@ import time
 from functools import cache
 from typing import Any
 
+from app.call.context import UNIFIED, RequestContext, ResolvedTarget
 from app.errors import BadRequest
-from app.pipeline.context import UNIFIED, RequestContext, ResolvedTarget
 from app.translate.base import CallFacts
 from app.translate.call import Translator
 from app.translate.fronts import Front, OpenAIFront

@@ -10,9 +10,9 @@ from dataclasses import replace
 from itertools import chain
 from typing import Any
 
+from app.call.answer import Answer, bomb_message, undecodable_message
 from app.errors import BadRequest, GatewayError, UpstreamUnreachable
 from app.http.body import Body
-from app.pipeline.answer import Answer, bomb_message, undecodable_message
 from app.translate.base import CallFacts, ChunkParser, NativeRequest, UpstreamBroke
 from app.translate.errors import unified_error
 from app.translate.fronts import Front, StreamWriter, dumps, refuse_lone_surrogates

@@ -211,7 +211,7 @@ def test_a_body_that_does_not_inflate_is_a_502_not_a_500(client: FlaskClient, fa
 
 
 def test_a_compressed_answer_within_its_bounds_is_read() -> None:
-    from app.pipeline.answer import Answer
+    from app.call.answer import Answer
     body = json.dumps({"choices": [{"message": {"content": "x" * 1000}}]}).encode()
     for encoding, packed in (("gzip", bomb(body, 3)), ("deflate", zlib.compress(body * 3)),
                              ("deflate", bomb(body, 3, encoding="deflate"))):

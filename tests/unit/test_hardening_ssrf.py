@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from app.call.context import UNIFIED, RequestContext, ResolvedTarget
 from app.pipeline import upstream
-from app.pipeline.context import UNIFIED, RequestContext, ResolvedTarget
 from app.providers.registry import get_provider
 from app.settings import SettingsError, load_settings
 from tests.conftest import GATEWAY_KEY, PROVIDER_SECRET

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.call.context import RequestContext
 from app.observe import CallObserver
-from app.pipeline.context import RequestContext
 from app.server import inflight
 from app.server.listeners import bound_addresses
 from app.settings import SettingsError, check_start, load_settings

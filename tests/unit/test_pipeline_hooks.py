@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from app.call.answer import Answer
+from app.call.context import RequestContext
 from app.config.models import Target
-from app.pipeline.answer import Answer
-from app.pipeline.context import RequestContext
 from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after
 
 

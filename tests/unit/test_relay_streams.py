@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from app.call.answer import read_chunk
 from app.errors import UpstreamUnreachable
-from app.pipeline.answer import read_chunk
 from app.usage.tap import UsageTap
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"

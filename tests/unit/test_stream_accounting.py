@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from app.call.answer import Answer, Relay, StreamAborted
+from app.call.context import RequestContext
 from app.observe import CallObserver
-from app.pipeline.answer import Answer, Relay, StreamAborted
-from app.pipeline.context import RequestContext
 from app.usage import PricingTable
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
+from app.call.answer import Answer
 from app.errors import BadRequest
-from app.pipeline.answer import Answer
 from app.translate.anthropic import CHAT
 from app.translate.anthropic.request import DEFAULT_MAX_TOKENS
 from app.translate.anthropic.stream import AnthropicChunks

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from app.call.answer import Answer
 from app.errors import BadRequest, UpstreamUnreachable
-from app.pipeline.answer import Answer
 from app.translate.base import CallFacts, UpstreamBroke
 from app.translate.call import StreamTransform, Translator
 from app.translate.cohere import CHAT, EMBED

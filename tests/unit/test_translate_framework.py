@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from app.call.answer import Answer
 from app.errors import BadRequest
-from app.pipeline.answer import Answer
 from app.translate.base import CallFacts, UpstreamBroke
 from app.translate.call import StreamTransform, Translator, with_body
 from app.translate.errors import unified_error

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from app.call.answer import Answer
 from app.errors import BadRequest, UpstreamUnreachable
-from app.pipeline.answer import Answer
 from app.translate import ADAPTERS, OPENAI_CHAT, _load
 from app.translate.base import CallFacts
 from app.translate.call import StreamTransform, Translator

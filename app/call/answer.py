@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from app.call.context import RequestContext
 from app.errors import UpstreamUnreachable
 from app.http.failures import cause_of
 from app.http.headers import response_headers
-from app.pipeline.context import RequestContext
 from app.redact import MAX_MASKED_BODY, Secrets, textual
 from app.usage.inflate import InflatedTooLarge, UnsupportedEncoding, encoding_of, inflate
 
