@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.settings import CatalogEntry, GatewayKey, Settings, hash_key
+from tests.fakes.provider import FakeProvider
 
 GATEWAY_KEY = "pk-test-gateway-key"
 PROVIDER_SECRET = "sk-test-provider-secret-0123456789"
@@ -56,3 +57,17 @@ def gw_headers(**extra: str) -> dict[str, str]:
     headers = {"x-portkey-api-key": GATEWAY_KEY}
     headers.update({k.replace("_", "-"): v for k, v in extra.items()})
     return headers
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProvider]:
+    """Run one fake provider for the whole session."""
+    with FakeProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def fake_provider(fake: FakeProvider) -> FakeProvider:
+    """Return the session's fake provider, reset for this test."""
+    fake.reset()
+    return fake

@@ -55,7 +55,9 @@ def check_providers(ctx: RequestContext, settings: Settings) -> None:
         node, path = stack.pop()
         if node.provider:
             named = True
-            _check_provider(node.provider, ",".join(str(part) for part in (*path, "provider")), settings)
+            # The schema checked the config's slugs when it was parsed; only its `@name`s are left to look up.
+            if node.provider.startswith("@") and node.provider[1:] not in settings.catalog:
+                raise BadRequest(unknown_entry(node.provider, ",".join(str(part) for part in (*path, "provider"))))
         elif node.is_leaf:
             unnamed_leaf = True
         stack.extend((child, (*path, "targets", index)) for index, child in enumerate(node.targets))

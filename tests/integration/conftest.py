@@ -101,20 +101,6 @@ backoff_base_ms = 0
 
 
 @pytest.fixture(scope="session")
-def fake() -> Iterator[FakeProvider]:
-    """Run one fake provider for the whole session."""
-    with FakeProvider() as provider:
-        yield provider
-
-
-@pytest.fixture
-def fake_provider(fake: FakeProvider) -> FakeProvider:
-    """Return the session's fake provider, reset for this test."""
-    fake.reset()
-    return fake
-
-
-@pytest.fixture(scope="session")
 def gateway(fake: FakeProvider) -> Iterator[Gateway]:
     """Run one gunicorn gateway (1 worker, 8 threads) for the whole session."""
     gw = Gateway(gateway_toml(fake.url)).start()

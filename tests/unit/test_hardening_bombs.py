@@ -14,7 +14,7 @@ import struct
 import time
 import tracemalloc
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -98,21 +98,15 @@ def measure(call: Callable[[], TestResponse]) -> Measured:
     return Measured(response, peak, seconds)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(upstream: FakeProvider) -> FakeProvider:
-    upstream.reset()
-    return upstream
+def upstream(fake_provider: FakeProvider) -> FakeProvider:
+    """Return the session's fake provider, reset: the upstream every bomb is queued on."""
+    return fake_provider
 
 
-def via(fake: FakeProvider, provider: str, **config: Any) -> dict[str, str]:
-    """Return the headers of a call to a provider at the fake, with a config."""
-    target = {"provider": provider, "custom_host": f"{fake.url}/v1", "api_key": PROVIDER_SECRET, **config}
+def via(upstream: FakeProvider, provider: str, **config: Any) -> dict[str, str]:
+    """Return the headers of a call to a provider at the upstream, with a config."""
+    target = {"provider": provider, "custom_host": f"{upstream.url}/v1", "api_key": PROVIDER_SECRET, **config}
     return {"x-portkey-api-key": GATEWAY_KEY, "x-portkey-config": json.dumps(target)}
 
 
@@ -120,9 +114,9 @@ def chat(client: FlaskClient, headers: dict[str, str], **extra: Any) -> Callable
     return lambda: client.post("/v1/chat/completions", json={**CHAT, **extra}, headers=headers)
 
 
-def enqueue_bomb(fake: FakeProvider, body: bytes, status: int = 200, encoding: str = "gzip",
+def enqueue_bomb(upstream: FakeProvider, body: bytes, status: int = 200, encoding: str = "gzip",
                  content_type: str = "application/json") -> None:
-    fake.enqueue(status, body, {"Content-Type": content_type, "Content-Encoding": encoding})
+    upstream.enqueue(status, body, {"Content-Type": content_type, "Content-Encoding": encoding})
 
 
 def events(text: str) -> list[str]:
@@ -145,21 +139,21 @@ OUTPUT_GUARDRAIL = {"output_guardrails": [{"default.wordCount": {"minWords": 1, 
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-def test_a_translated_answer_that_inflates_past_its_bound_is_a_502(client: FlaskClient, fake: FakeProvider,
+def test_a_translated_answer_that_inflates_past_its_bound_is_a_502(client: FlaskClient, upstream: FakeProvider,
                                                                    encoding: str) -> None:
-    enqueue_bomb(fake, spaces_bomb(encoding=encoding), encoding=encoding)
-    assert_refused(measure(chat(client, via(fake, "anthropic"))))
+    enqueue_bomb(upstream, spaces_bomb(encoding=encoding), encoding=encoding)
+    assert_refused(measure(chat(client, via(upstream, "anthropic"))))
 
 
-def test_an_output_guardrail_never_inflates_a_bomb_to_check_it(client: FlaskClient, fake: FakeProvider) -> None:
-    enqueue_bomb(fake, spaces_bomb())
-    assert_refused(measure(chat(client, via(fake, "openai", **OUTPUT_GUARDRAIL))))
+def test_an_output_guardrail_never_inflates_a_bomb_to_check_it(client: FlaskClient, upstream: FakeProvider) -> None:
+    enqueue_bomb(upstream, spaces_bomb())
+    assert_refused(measure(chat(client, via(upstream, "openai", **OUTPUT_GUARDRAIL))))
 
 
 def test_a_translated_error_body_that_inflates_past_its_bound_is_a_502(client: FlaskClient,
-                                                                      fake: FakeProvider) -> None:
-    enqueue_bomb(fake, spaces_bomb(), status=400)
-    measured = measure(chat(client, via(fake, "anthropic")))
+                                                                      upstream: FakeProvider) -> None:
+    enqueue_bomb(upstream, spaces_bomb(), status=400)
+    measured = measure(chat(client, via(upstream, "anthropic")))
     assert_refused(measured)
     assert "1048576 bytes" in measured.json["message"]  # only the first MiB is ever read, masked or relayed
 
@@ -168,25 +162,25 @@ def test_a_translated_error_body_that_inflates_past_its_bound_is_a_502(client: F
     ("anthropic", {}),  # stored after translation: the bomb is refused before anything is stored
     ("openai", OUTPUT_GUARDRAIL),  # stored as the upstream's own bytes, then read by the after hook, hit or miss
 ])
-def test_a_cached_call_refuses_a_bomb_every_time(client: FlaskClient, fake: FakeProvider, provider: str,
+def test_a_cached_call_refuses_a_bomb_every_time(client: FlaskClient, upstream: FakeProvider, provider: str,
                                                  config: dict[str, Any]) -> None:
-    headers = via(fake, provider, cache={"mode": "simple", "max_age": 60}, **config)
+    headers = via(upstream, provider, cache={"mode": "simple", "max_age": 60}, **config)
     for call in range(2):
-        enqueue_bomb(fake, spaces_bomb())
+        enqueue_bomb(upstream, spaces_bomb())
         measured = measure(chat(client, headers))
         assert_refused(measured, host="127.0.0.1" if call == 0 else "")
-    fake.reset()  # the answer a hit did not need is still queued
+    upstream.reset()  # the answer a hit did not need is still queued
 
 
-def test_a_translated_stream_bomb_before_the_first_event_is_a_502(client: FlaskClient, fake: FakeProvider) -> None:
-    enqueue_bomb(fake, ping_bomb(), content_type="text/event-stream")
-    assert_refused(measure(chat(client, via(fake, "anthropic"), stream=True)))
+def test_a_translated_stream_bomb_before_the_first_event_is_a_502(client: FlaskClient, upstream: FakeProvider) -> None:
+    enqueue_bomb(upstream, ping_bomb(), content_type="text/event-stream")
+    assert_refused(measure(chat(client, via(upstream, "anthropic"), stream=True)))
 
 
 def test_a_translated_stream_bomb_after_the_first_event_ends_in_an_error_event(client: FlaskClient,
-                                                                               fake: FakeProvider) -> None:
-    enqueue_bomb(fake, ping_bomb(prefix=MESSAGE_START), content_type="text/event-stream")
-    measured = measure(chat(client, via(fake, "anthropic"), stream=True))
+                                                                               upstream: FakeProvider) -> None:
+    enqueue_bomb(upstream, ping_bomb(prefix=MESSAGE_START), content_type="text/event-stream")
+    measured = measure(chat(client, via(upstream, "anthropic"), stream=True))
     assert measured.response.status_code == 200
     data = events(measured.response.get_data(as_text=True))
     assert json.loads(data[0])["choices"][0]["delta"]["role"] == "assistant"
@@ -196,18 +190,18 @@ def test_a_translated_stream_bomb_after_the_first_event_ends_in_an_error_event(c
     assert measured.seconds < MAX_SECONDS
 
 
-def test_a_small_body_may_not_inflate_more_than_a_hundred_times(client: FlaskClient, fake: FakeProvider) -> None:
+def test_a_small_body_may_not_inflate_more_than_a_hundred_times(client: FlaskClient, upstream: FakeProvider) -> None:
     body = spaces_bomb(8)  # about 8 KB of gzip for 8 MiB: within the 16 MiB a guardrail reads, not within 100x
     assert len(body) * 100 < MIB
-    enqueue_bomb(fake, body)
-    measured = measure(chat(client, via(fake, "openai", **OUTPUT_GUARDRAIL)))
+    enqueue_bomb(upstream, body)
+    measured = measure(chat(client, via(upstream, "openai", **OUTPUT_GUARDRAIL)))
     assert_refused(measured)
     assert f"beyond {MIB} bytes" in measured.json["message"]
 
 
-def test_a_body_that_does_not_inflate_is_a_502_not_a_500(client: FlaskClient, fake: FakeProvider) -> None:
-    enqueue_bomb(fake, b"\x1f\x8b\x08\x00not gzip at all")
-    assert_refused(measure(chat(client, via(fake, "openai", **OUTPUT_GUARDRAIL))), "does not decompress")
+def test_a_body_that_does_not_inflate_is_a_502_not_a_500(client: FlaskClient, upstream: FakeProvider) -> None:
+    enqueue_bomb(upstream, b"\x1f\x8b\x08\x00not gzip at all")
+    assert_refused(measure(chat(client, via(upstream, "openai", **OUTPUT_GUARDRAIL))), "does not decompress")
 
 
 def test_a_compressed_answer_within_its_bounds_is_read() -> None:
@@ -220,14 +214,15 @@ def test_a_compressed_answer_within_its_bounds_is_read() -> None:
 
 
 def test_a_compressed_stream_in_several_gzip_members_is_translated_whole(client: FlaskClient,
-                                                                         fake: FakeProvider) -> None:
-    native = requests.post(f"{fake.url}/v1/messages", json={**CHAT, "stream": True},
+                                                                         upstream: FakeProvider) -> None:
+    native = requests.post(f"{upstream.url}/v1/messages", json={**CHAT, "stream": True},
                            headers={"x-fake-events": "3000", "x-api-key": "k", "anthropic-version": "2023-06-01"},
                            timeout=10).content
     assert len(native) > 256 * 1024  # more than one step of inflating: the backlog is translated too
     half = len(native) // 2
-    enqueue_bomb(fake, gzip.compress(native[:half]) + gzip.compress(native[half:]), content_type="text/event-stream")
-    res = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=via(fake, "anthropic"))
+    members = gzip.compress(native[:half]) + gzip.compress(native[half:])
+    enqueue_bomb(upstream, members, content_type="text/event-stream")
+    res = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=via(upstream, "anthropic"))
     assert res.status_code == 200
     chunks = [json.loads(data) for data in events(res.get_data(as_text=True))[:-1]]
     text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])

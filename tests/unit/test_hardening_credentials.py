@@ -9,7 +9,6 @@ custom_host in a config it sends, an Azure resource it names) paired with such a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from flask import Flask
@@ -23,18 +22,6 @@ HELD_KEY = "sk-held-on-the-gateway-0001"
 SAVED_KEY = "sk-saved-config-key-0002"
 CLIENT_KEY = "sk-clients-own-key-0003"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as provider:
-        yield provider
-
-
-@pytest.fixture
-def fake_provider(fake: FakeProvider) -> FakeProvider:
-    fake.reset()
-    return fake
 
 
 @pytest.fixture
