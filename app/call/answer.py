@@ -191,8 +191,13 @@ def read_chunk(response: requests.Response) -> bytes:
                 return data
         return raw.read1(CHUNK, decode_content=False)
     except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as err:
-        host = urlsplit(response.url).hostname or "the upstream"
-        raise UpstreamUnreachable(f"Upstream host {host} broke off its answer: {cause_of(err)}") from err
+        raise broke_off(response, err) from err
+
+
+def broke_off(response: requests.Response, err: BaseException) -> UpstreamUnreachable:
+    """Return the error of an upstream that broke off its answer after it started."""
+    host = urlsplit(response.url).hostname or "the upstream"
+    return UpstreamUnreachable(f"Upstream host {host} broke off its answer: {cause_of(err)}")
 
 
 def _as_urllib3_error(err: BaseException) -> BaseException:
@@ -212,7 +217,7 @@ class Relay:
 
     def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[bool], None] | None = None,
                  on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0,
-                 tap: Callable[[bytes], None] | None = None) -> None:
+                 tap: Callable[[bytes], None] | None = None, stream: bool = False) -> None:
         self.answer = answer
         self.response = answer.response
         self.pending = answer.first_chunk
@@ -227,6 +232,8 @@ class Relay:
         self.started = False  # the server asked for the body (a HEAD, 204 or 304 answer never does)
         self.broke = False  # the body ended in an error of its own (the upstream broke off), not the client's
         self.closed = False
+        # A stream a PorticoWorker may relay on its event loop rather than in a thread (docs/decisions.md, Streams).
+        self.stream = stream and answer.response is not None
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -257,17 +264,26 @@ class Relay:
             try:
                 chunk = self.answer.next_chunk()
             except UpstreamUnreachable as err:
-                self.ctx.error = err.message
-                log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)
-                raise StreamAborted(self.ctx.error) from None
+                raise self.aborted(err) from None
             if not chunk:
                 self.finished = True
                 raise StopIteration
+        return self.deliver(chunk)
+
+    def deliver(self, chunk: bytes) -> bytes:
+        """Count a piece of the body on its way to the client, keep a copy for the cache and tap its usage."""
         self.ctx.bytes_out += len(chunk)
         self._keep(chunk)
         if self.tap is not None:
             self.tap(chunk)  # usage extraction reads a copy; the client gets the chunk unchanged
         return chunk
+
+    def aborted(self, err: UpstreamUnreachable) -> StreamAborted:
+        """Note an upstream that broke off mid-answer; return the error that cuts the client's connection."""
+        self.broke = True
+        self.ctx.error = err.message
+        log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)
+        return StreamAborted(self.ctx.error)
 
     def _keep(self, chunk: bytes) -> None:
         """Keep a copy of the body for the cache while it stays under the entry limit."""

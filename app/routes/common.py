@@ -56,11 +56,12 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     # X-Accel-* ones: nginx obeys those (X-Accel-Redirect serves one of its own locations; docs/observability.md).
     headers = [(k, v) for k, v in answer.headers if not k.lower().startswith(("x-portkey-", "x-accel-"))]
     headers += gateway_headers(ctx)
-    if streamed(answer, ctx):
+    stream = streamed(answer, ctx)
+    if stream:
         headers.append(("X-Accel-Buffering", "no"))
     status = f"{answer.status} {answer.reason}".strip()
     body = Relay(answer, ctx, on_close=call_end(ctx, answer.status), on_complete=on_complete,
-                 keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer))
+                 keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer), stream=stream)
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):

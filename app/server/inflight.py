@@ -3,7 +3,9 @@
 A call is recorded by its own end (the answer sent, or the client gone) or, when the worker's graceful
 period runs out first, by `cut_all`, which records it with status 499 and error `shutdown`: never both.
 One slot per serving thread: a thread serves one call at a time, so a slot a call forgot to close is
-replaced by the thread's next call and the registry never grows past the thread count.
+replaced by the thread's next call and the registry never grows past the thread count. A stream the worker
+relays on its event loop leaves its thread: `hand_off` moves its slot from the thread to the call itself,
+and its end (or the shutdown) removes it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 _lock = threading.Lock()
-_calls: dict[int, Call] = {}
+_calls: dict[object, Call] = {}  # by serving thread, or by the call once handed off
 
 
 class Call:
@@ -56,11 +58,20 @@ def current(owner: object) -> Call | None:
 
 
 def end(call: Call) -> None:
-    """Drop the calling thread's slot if it still holds call."""
+    """Drop call's slot: the calling thread's if it still holds call, or the one it was handed off to."""
     ident = threading.get_ident()
     with _lock:
         if _calls.get(ident) is call:
             del _calls[ident]
+        _calls.pop(call, None)
+
+
+def hand_off() -> None:
+    """Detach the calling thread's call from the thread: it goes on elsewhere (the worker's event loop)."""
+    with _lock:
+        call = _calls.pop(threading.get_ident(), None)
+        if call is not None:
+            _calls[call] = call
 
 
 def forget_thread() -> None:

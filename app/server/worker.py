@@ -32,17 +32,22 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import Future
+from datetime import datetime
 from functools import partial
 from typing import Any
 
-from gunicorn import http
+from gunicorn import http, util
+from gunicorn.http import wsgi
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
 
+from app.call.answer import Relay
 from app.errors import RequestTimeout
 from app.server import inflight
 from app.server.reader import ClientReader, ReadDeadline
+from app.server.relay import PolledRelay, pollable
 from app.settings import Settings
 
 # gunicorn's graceful_timeout is when the master kills a stopping worker. The worker cuts what is still in
@@ -107,6 +112,8 @@ class ClientConn(gthread.TConn):  # type: ignore[misc]
         self.scanned = 0
         self.head_ready = False
         self.deadline = 0.0
+        self.relay: PolledRelay | None = None  # its answer's stream, once a thread hands it to the poller
+        self.keep_after_relay = False
 
     def init(self) -> None:
         """Build gunicorn's parser on the deadline-bound reader (TLS, h2c and PROXY keep gthread's way)."""
@@ -140,6 +147,13 @@ def declared_length(req: Any) -> int:
     return 0
 
 
+def completed(result: bool) -> Future[bool]:
+    """Return a future already done with result, as gthread's finish_request takes a thread's outcome."""
+    done: Future[bool] = Future()
+    done.set_result(result)
+    return done
+
+
 def timeout_answer(message: str) -> bytes:
     """Return a whole 408 response with the gateway's JSON error body, closing the connection."""
     body = json.dumps(RequestTimeout(message).body()).encode()
@@ -151,6 +165,8 @@ def timeout_answer(message: str) -> bytes:
 class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gthread, with request heads read on the poller, client read deadlines and a recorded shutdown."""
 
+    alive: bool  # gunicorn's worker attributes used here
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = Settings()
@@ -158,6 +174,7 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.waiting: dict[ClientConn, None] = {}  # watched by the poller for their head
         self.next_expiry = math.inf  # the earliest head deadline among them
         self.busy: set[ClientConn] = set()  # handed to a thread: served, or queued for one with its head here
+        self.relays: dict[PolledRelay, ClientConn] = {}  # streams the poller relays, no thread held
         self.cut = 0
 
     def init_process(self) -> None:
@@ -253,8 +270,9 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
         conn.close()
 
     def murder_pending(self) -> None:
-        """Close what gthread closes, and connections whose head did not arrive within the header deadline."""
+        """Close what gthread closes, connections whose head did not arrive in time, and silent streams."""
         super().murder_pending()
+        self.expire_relays()
         now = time.monotonic()
         if now < self.next_expiry:
             return
@@ -324,7 +342,7 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
                                                 declared_length(req), BODY_S_PER_MIB)
         _serving.request, _serving.linger = req, False
         try:
-            keepalive = super().handle_request(req, conn)
+            keepalive = self.serve(req, conn)
             if _serving.linger:
                 linger(conn.sock)  # here, in the thread: gthread closes connections on its event loop
             return keepalive
@@ -333,15 +351,113 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
             if conn.reader is not None:
                 conn.reader.deadline = None
 
+    def serve(self, req: Any, conn: ClientConn) -> bool:
+        """Run the app and write its answer, as gthread does; a stream goes to the poller after its first bytes.
+
+        Returns whether the connection stays open for another request (gthread's handle_request contract).
+        """
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            started = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            body = self.wsgi(environ, resp.start_response)
+            handed_off = False
+            try:
+                handed_off = self.write_answer(body, resp, environ, conn)
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - started)
+                if not handed_off and hasattr(body, "close"):
+                    body.close()
+            return not resp.should_close()
+        except Exception:
+            if resp is not None and resp.headers_sent:
+                # An answer already started cannot become an error page: the connection is cut.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
+    def write_answer(self, body: Any, resp: Any, environ: dict[str, Any], conn: ClientConn) -> bool:
+        """Write an answer; return True when a stream was handed to the poller after its first bytes instead."""
+        if isinstance(body, Relay) and body.stream and conn.reader is not None and self.alive:
+            first = next(body, b"")  # the head and first bytes go out from this thread
+            if first:
+                resp.write(first)
+            else:
+                resp.send_headers()
+            if not body.finished and pollable(body):
+                conn.relay = PolledRelay(body, conn.sock, resp.chunked, self.relay_done)
+                inflight.hand_off()  # the call goes on after this thread's request is over
+                return True
+            for chunk in body:
+                resp.write(chunk)
+        elif isinstance(body, environ["wsgi.file_wrapper"]):
+            resp.write_file(body)
+        else:
+            for chunk in body:
+                resp.write(chunk)
+        resp.close()
+        return False
+
     def body_too_slow(self, req: Any, deadline: ReadDeadline) -> Exception:
         """Return the 408 the app answers for a body that came too slowly; the connection closes after it."""
         req.must_close = True
         return RequestTimeout(f"The request body did not arrive within {deadline.allowed_s:.0f} s")
 
     def finish_request(self, conn: ClientConn, fs: Any) -> None:
-        """Take a connection back from its thread (gthread keeps it alive or closes it)."""
+        """Take a connection back from its thread: relay its stream, keep it alive, or close it off the loop."""
         self.busy.discard(conn)
+        relay = conn.relay
+        if relay is not None:
+            conn.keep_after_relay = not fs.cancelled() and fs.exception() is None and bool(fs.result())
+            self.relays[relay] = conn
+            relay.start(self.poller)
+            return
+        if fs.cancelled() or fs.exception() is not None or fs.result() is False:
+            self.close_softly(conn)
+            return
         super().finish_request(conn, fs)
+
+    def close_softly(self, conn: ClientConn) -> None:
+        """Close a connection after its answer, in a thread: gunicorn's graceful close waits for the client's FIN."""
+        self.nr_conns -= 1
+        self.tpool.submit(conn.close, True)
+
+    # Streams relayed on the poller (app/server/relay.py).
+
+    def relay_done(self, relay: PolledRelay, keep: bool) -> None:
+        """Take a connection back once its stream is over: keep it alive, close it, or cut it (upstream broke)."""
+        conn = self.relays.pop(relay)
+        conn.relay = None
+        if keep and conn.keep_after_relay:
+            super().finish_request(conn, completed(True))
+        elif relay.relay.finished:
+            self.close_softly(conn)
+        else:
+            self.nr_conns -= 1
+            conn.close()  # a cut stream: the client must not take it for a whole answer
+
+    def expire_relays(self) -> None:
+        """End streams silent for longer than the upstream read timeout."""
+        now = time.monotonic()
+        for relay in [relay for relay in self.relays if relay.expired(now)]:
+            relay.time_out()
 
     def no_free_thread(self) -> bool:
         """Return True when every thread has a connection, serving it or with its head here and waiting for it."""
@@ -383,6 +499,8 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def cut_in_flight(self) -> None:
         """Record the calls still in flight as cut (499, `shutdown`) and end their connections."""
         self.cut = inflight.cut_all()
+        for relay in self.relays:
+            relay.cut()
         for conn in list(self.busy):
             try:
                 conn.sock.shutdown(socket.SHUT_RDWR)
@@ -397,7 +515,7 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
         Call it last, once the request log is flushed (gunicorn.conf.py worker_exit).
         """
-        if not self.cut and not self.busy:
+        if not self.cut and not self.busy and not self.relays:
             return
         logging.shutdown()
         sys.stdout.flush()
