@@ -18,6 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def openai_error(message: str, error_type: str = "api_error", param: Any = None, code: Any = None) -> dict[str, Any]:
+    """Return the OpenAI-style error object: message, type, param and code, in that order."""
+    return {"message": message, "type": error_type, "param": param, "code": code}
+
+
 class GatewayError(Exception):
     """A failure the gateway answers with its own JSON body."""
 
@@ -107,7 +112,7 @@ class UpstreamTimeout(GatewayError):
 
     def body(self) -> dict[str, Any]:
         """Return the OpenAI-style timeout body (docs/decisions.md, Timeouts and errors)."""
-        return {"error": {"message": self.message, "type": "timeout_error", "param": None, "code": None}}
+        return {"error": openai_error(self.message, "timeout_error")}
 
 
 class UpstreamUnreachable(GatewayError):

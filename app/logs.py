@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import sys
@@ -12,10 +11,9 @@ import time
 from typing import Any
 
 from app.call.context import RequestContext
+from app.jsonwire import compact
 from app.redact import NO_SECRETS, SecretFilter, Secrets, redact_query
 from app.redact import redact as redact  # re-exported: older imports read it here
-
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds a new encoder per call
 
 
 def setup_logging(level: str) -> None:
@@ -123,4 +121,4 @@ def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None =
             line["model"] = secrets.mask(extra["model"])
     if ctx.error:
         line["error"] = secrets.scrub(ctx.error)
-    return _COMPACT.encode(line)
+    return compact(line)

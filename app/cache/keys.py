@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+from app.jsonwire import compact_bytes
+
 # Domain-separation prefixes: a key or credential digest can never equal a digest made for another purpose.
 _KEY_DOMAIN = b"portico/cache-key/v1\x00"
 _CREDENTIAL_DOMAIN = b"portico/cache-credential/v1\x00"
@@ -20,7 +22,7 @@ def cache_key(*, provider: str, url: str, method: str, body: bytes | None, conte
     media_type = _media_type(content_type)
     canonical: bytes | None
     if parsed_json is not None and body is not None and _may_be_json(media_type):
-        body_kind, canonical = "json", json.dumps(parsed_json, sort_keys=True, separators=(",", ":")).encode()
+        body_kind, canonical = "json", compact_bytes(parsed_json, sort_keys=True)
     else:
         body_kind, canonical = _canonical_body(body, media_type)
     digest = hashlib.sha256(_KEY_DOMAIN)
@@ -75,7 +77,7 @@ def _canonical_body(body: bytes | None, media_type: str | None) -> tuple[str, by
         except (ValueError, RecursionError):  # not JSON after all (or absurdly nested): key on the raw bytes
             pass
         else:
-            return "json", json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
+            return "json", compact_bytes(parsed, sort_keys=True)
     return f"raw:{media_type or ''}", body
 
 

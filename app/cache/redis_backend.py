@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.cache.answer import CachedAnswer
+from app.jsonwire import compact_bytes
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 def encode_answer(answer: CachedAnswer) -> bytes:
     """Serialise an answer as one compact JSON header line followed by the raw body bytes."""
     head = {"v": _FORMAT_VERSION, "s": answer.status, "h": answer.headers}
-    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + answer.body
+    return compact_bytes(head) + b"\n" + answer.body
 
 
 def decode_answer(blob: bytes) -> CachedAnswer:

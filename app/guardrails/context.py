@@ -58,7 +58,7 @@ class CheckError(Exception):
 
 
 @dataclass
-class Outcome:
+class CheckOutcome:
     """A check's verdict and details, with the bodies it changed (mutators, webhooks)."""
 
     verdict: bool

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.guardrails.checks import lookup
-from app.guardrails.context import HOOK_ENDPOINTS, CheckError, CheckInput, HookContext, HookRun, Outcome
+from app.guardrails.context import HOOK_ENDPOINTS, CheckError, CheckInput, CheckOutcome, HookContext, HookRun
 from app.guardrails.params import CheckSpec, fails_on_error, resolve
 from app.guardrails.pool import io_pool
 
@@ -153,18 +153,18 @@ def _run_checks(hook: Mapping[str, Any], checks: list[Any], ctx: HookContext,
 
 
 def _collect(check: Any, future: Future[Any], submitted: float,
-             timeout_s: float) -> tuple[dict[str, Any], Outcome | None]:
+             timeout_s: float) -> tuple[dict[str, Any], CheckOutcome | None]:
     """Wait for a pooled check until its timeout (plus margin); past it, it is errored (cancelled if not started)."""
     remaining = max(0.0, submitted + timeout_s + POOL_MARGIN_S - time.perf_counter())
     try:
-        result: tuple[dict[str, Any], Outcome | None] = future.result(timeout=remaining)
+        result: tuple[dict[str, Any], CheckOutcome | None] = future.result(timeout=remaining)
         return result
     except FutureTimeout:
         future.cancel()
         return _entry(_check_id(check), False, {}, submitted, f"timed out after {timeout_s * 1000:g} ms"), None
 
 
-def _run_check(check: Any, inp: CheckInput) -> tuple[dict[str, Any], Outcome | None]:
+def _run_check(check: Any, inp: CheckInput) -> tuple[dict[str, Any], CheckOutcome | None]:
     """Run one check; any failure becomes an errored entry with a short message, never a traceback."""
     started = time.perf_counter()
     check_id = _check_id(check)
@@ -193,11 +193,11 @@ def _spec(check: Any) -> CheckSpec:
     return spec
 
 
-def _outcome(result: Any) -> Outcome:
-    if isinstance(result, Outcome):
+def _outcome(result: Any) -> CheckOutcome:
+    if isinstance(result, CheckOutcome):
         return result
     verdict, data = result
-    return Outcome(bool(verdict), dict(data))
+    return CheckOutcome(bool(verdict), dict(data))
 
 
 def _entry(check_id: str, verdict: bool, data: dict[str, Any], started: float,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from app.guardrails.context import CheckError, CheckInput, Outcome
+from app.guardrails.context import CheckError, CheckInput, CheckOutcome
 from app.guardrails.params import ROLES as _ROLES
 from app.guardrails.params import (
     CheckSpec,
@@ -41,20 +41,20 @@ _FIRST_ROLES = ("system", "developer")
 
 # --- addPrefix ---------------------------------------------------------------------------------
 
-def add_prefix(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
+def add_prefix(inp: CheckInput, params: Mapping[str, Any]) -> CheckOutcome:
     """Prepend `prefix` to the request's message of `applyToRole` (before) or to the answer's text (after)."""
     prefix = params["prefix"]
     if inp.event == "after":
         body = _prefix_answer(inp.endpoint, inp.response_json, prefix)
-        return Outcome(True, _prefix_data(body is not None, "the answer"), response_json=body)
+        return CheckOutcome(True, _prefix_data(body is not None, "the answer"), response_json=body)
     if inp.endpoint == "embed":
-        return Outcome(True, {"explanation": "addPrefix does not apply to embeddings", "transformed": False})
+        return CheckOutcome(True, {"explanation": "addPrefix does not apply to embeddings", "transformed": False})
     if inp.endpoint == "complete":
         prompt, changed = map_strings((inp.request_json or {}).get("prompt"), lambda value: prefix + value)
         if not changed and not isinstance(prompt, str):
             raise CheckError("the prompt has no text to prefix")
         body = {**(inp.request_json or {}), "prompt": prompt}
-        return Outcome(True, _prefix_data(True, "the prompt"), request_json=body)
+        return CheckOutcome(True, _prefix_data(True, "the prompt"), request_json=body)
     return _prefix_messages(inp, params)
 
 
@@ -63,7 +63,7 @@ def _prefix_data(changed: bool, where: str) -> dict[str, Any]:
             "transformed": changed}
 
 
-def _prefix_messages(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
+def _prefix_messages(inp: CheckInput, params: Mapping[str, Any]) -> CheckOutcome:
     """Prefix the last message of the role (chat, Anthropic); Anthropic's system prompt is its `system` field."""
     body = inp.request_json
     if not isinstance(body, Mapping) or not isinstance(body.get("messages"), list):
@@ -80,7 +80,8 @@ def _prefix_messages(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
         return _prefixed(body, messages, f"added a {role} message")
     index, message = found
     if params["onlyIfEmpty"] and (content_text(message.get("content")) or "").strip():
-        return Outcome(True, {"explanation": f"the {role} message is not empty; left as it is", "transformed": False})
+        return CheckOutcome(True, {"explanation": f"the {role} message is not empty; left as it is",
+                                   "transformed": False})
     if params["addToExisting"]:
         messages[index] = {**message, "content": prefixed_content(message.get("content"), params["prefix"])}
         return _prefixed(body, messages, f"prefix added to the last {role} message")
@@ -88,16 +89,17 @@ def _prefix_messages(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
     return _prefixed(body, messages, f"inserted a {role} message before the last one")
 
 
-def _prefixed(body: Mapping[str, Any], messages: list[Any], explanation: str) -> Outcome:
-    return Outcome(True, {"explanation": explanation, "transformed": True},
+def _prefixed(body: Mapping[str, Any], messages: list[Any], explanation: str) -> CheckOutcome:
+    return CheckOutcome(True, {"explanation": explanation, "transformed": True},
                    request_json={**body, "messages": messages})
 
 
-def _prefix_system(body: Mapping[str, Any], params: Mapping[str, Any]) -> Outcome:
+def _prefix_system(body: Mapping[str, Any], params: Mapping[str, Any]) -> CheckOutcome:
     """Prefix (or add) the top-level `system` of an Anthropic request."""
     prefix, system = params["prefix"], body.get("system")
     if params["onlyIfEmpty"] and (content_text(system) or "").strip():
-        return Outcome(True, {"explanation": "the system prompt is not empty; left as it is", "transformed": False})
+        return CheckOutcome(True, {"explanation": "the system prompt is not empty; left as it is",
+                                   "transformed": False})
     if system in (None, "", []):
         new_system: Any = prefix
     elif params["addToExisting"]:
@@ -105,7 +107,7 @@ def _prefix_system(body: Mapping[str, Any], params: Mapping[str, Any]) -> Outcom
     else:
         blocks = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
         new_system = [{"type": "text", "text": prefix}, *blocks]
-    return Outcome(True, {"explanation": "prefix added to the system prompt", "transformed": True},
+    return CheckOutcome(True, {"explanation": "prefix added to the system prompt", "transformed": True},
                    request_json={**body, "system": new_system})
 
 
@@ -149,7 +151,7 @@ def _prefix_choice(choice: Any, endpoint: str, prefix: str) -> Any:
 
 # --- regexReplace ------------------------------------------------------------------------------
 
-def regex_replace(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
+def regex_replace(inp: CheckInput, params: Mapping[str, Any]) -> CheckOutcome:
     """Replace every match of `rule` in every text with `redactText`; fail when it matched and failOnDetection."""
     pattern, redact = compile_rule(params["rule"]), params["redactText"]
     deadline = time.monotonic() + REPLACE_BUDGET_S
@@ -168,9 +170,9 @@ def regex_replace(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
         return new
 
     if inp.event == "after":
-        outcome = Outcome(True, {}, response_json=map_response_texts(inp.endpoint, inp.response_json, replace))
+        outcome = CheckOutcome(True, {}, response_json=map_response_texts(inp.endpoint, inp.response_json, replace))
     else:
-        outcome = Outcome(True, {}, request_json=map_request_texts(inp.endpoint, inp.request_json, replace))
+        outcome = CheckOutcome(True, {}, request_json=map_request_texts(inp.endpoint, inp.request_json, replace))
     outcome.verdict = not (params["failOnDetection"] and matches)
     outcome.data = {"matches": matches, "transformed": matches > 0,
                     "explanation": f"{matches} matches replaced" if matches else "the pattern did not match"}

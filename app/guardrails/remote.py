@@ -17,7 +17,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from app.errors import GatewayError
-from app.guardrails.context import CheckError, CheckInput, GuardrailHTTP, Outcome
+from app.guardrails.context import CheckError, CheckInput, CheckOutcome, GuardrailHTTP
 from app.guardrails.params import (
     CheckSpec,
     Param,
@@ -69,7 +69,7 @@ def _call_failed(what: str, err: Exception, timeout_ms: float) -> CheckError:
 
 # --- webhook -----------------------------------------------------------------------------------
 
-def webhook(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
+def webhook(inp: CheckInput, params: Mapping[str, Any]) -> CheckOutcome:
     """POST the hook context to `webhookURL`; its JSON `verdict` decides (it may also return transformedData)."""
     http, timeout_ms = _http(inp), params["timeout"]
     try:
@@ -84,7 +84,7 @@ def webhook(inp: CheckInput, params: Mapping[str, Any]) -> Outcome:
     verdict = answer["verdict"]
     data = {"explanation": "the webhook allowed it" if verdict else "the webhook refused it",
             "webhookUrl": _shown_url(params["webhookURL"]), "responseData": answer.get("data")}
-    outcome = Outcome(verdict, data)
+    outcome = CheckOutcome(verdict, data)
     transformed = answer.get("transformedData")
     if isinstance(transformed, Mapping):
         side = transformed.get("request" if inp.event == "before" else "response")

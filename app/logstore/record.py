@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.jsonwire import compact
+
 # Error text is for a human reading a log line; a bounded size keeps one bad upstream from bloating the file.
 MAX_ERROR_CHARS = 1000
 
@@ -109,7 +111,7 @@ def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
     if not metadata:
         return "{}"
     # default=str: a tag value the caller did not stringify must not cost the whole batch.
-    return json.dumps(dict(metadata), separators=(",", ":"), ensure_ascii=False, default=str)
+    return compact(dict(metadata), ensure_ascii=False, default=str)
 
 
 def _error_text(error: str | None) -> str | None:

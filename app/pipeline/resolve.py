@@ -16,6 +16,7 @@ from app.config.models import Target
 from app.config.schema import parse_config
 from app.errors import BadRequest
 from app.http.body import Body
+from app.jsonwire import compact_bytes
 from app.providers.registry import Provider, get_provider, header_options
 from app.redact import CREDENTIAL_OPTIONS, Secrets
 from app.settings import Settings
@@ -135,7 +136,7 @@ def leaf_body(leaf: Target, ctx: RequestContext) -> Body | None:
     changed = {**data, **(leaf.override_params or {})}
     if catalog_model and "model" not in (leaf.override_params or {}):
         changed["model"] = catalog_model[1]
-    return Body(json.dumps(changed, separators=(",", ":")).encode())
+    return Body(compact_bytes(changed))
 
 
 def _catalog_model(ctx: RequestContext) -> tuple[str, str] | None:

@@ -18,10 +18,10 @@ from app.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnreac
 from app.guardrails import GuardrailHTTP
 from app.http.body import Body
 from app.http.headers import forward_list
-from app.pipeline import cache as cache_stage
+from app.pipeline import cache_stage
 from app.pipeline.backoff import next_wait
 from app.pipeline.conditions import pick_conditional
-from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after, run_before
+from app.pipeline.guardrail_stage import LeafHooks, leaf_hooks, run_after, run_before
 from app.pipeline.resolve import leaf_body, merged, resolve_leaf
 from app.settings import Settings
 from app.translate.call import Translator

@@ -24,6 +24,7 @@ from app.http.deadline import Deadline
 from app.http.failures import cause_of, caused_by
 from app.http.headers import forwarded_headers, proxy_headers
 from app.http.hosts import HostPolicy, PinnedHost, UnresolvedHost
+from app.jsonwire import compact_bytes
 from app.providers import aws
 from app.providers.registry import SIGV4
 from app.redact import call_secrets
@@ -176,7 +177,7 @@ class HookHTTP:
     def post_json(self, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
                   timeout_s: float) -> tuple[int, Any]:
         """POST JSON and return (status, parsed JSON or None)."""
-        data = Body(json.dumps(body, separators=(",", ":")).encode())
+        data = Body(compact_bytes(body))
         return self._call("POST", url, {"Content-Type": "application/json", **headers}, data, timeout_s)
 
     def get_json(self, url: str, timeout_s: float) -> tuple[int, Any]:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.errors import openai_error
+
 
 @dataclass(frozen=True)
 class CallFacts:
@@ -77,9 +79,14 @@ class UpstreamBroke(Exception):
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(str(error.get("message")))
         self.error = error
+        self.before: list[dict[str, Any]] = []  # chunks the same bytes completed before the failure
+
+    def after(self, chunks: list[dict[str, Any]]) -> UpstreamBroke:
+        """Return this failure carrying the chunks that came before it, so the client still gets them."""
+        self.before = chunks + self.before
+        return self
 
     @classmethod
     def cut(cls, provider: str, missing: str) -> UpstreamBroke:
         """Return the failure of a stream that ended before its last event (`missing`): cut, not finished."""
-        return cls({"message": f"{provider} error: the stream ended before {missing}", "type": "api_error",
-                    "param": None, "code": None})
+        return cls(openai_error(f"{provider} error: the stream ended before {missing}"))

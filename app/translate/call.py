@@ -11,7 +11,7 @@ from itertools import chain
 from typing import Any
 
 from app.call.answer import Answer, bomb_message, undecodable_message
-from app.errors import BadRequest, GatewayError, UpstreamUnreachable
+from app.errors import BadRequest, GatewayError, UpstreamUnreachable, openai_error
 from app.http.body import Body
 from app.translate.base import CallFacts, ChunkParser, NativeRequest, UpstreamBroke
 from app.translate.errors import unified_error
@@ -135,16 +135,16 @@ class StreamTransform:
         except GatewayError:
             raise
         except UpstreamBroke as err:
-            return self._break(err.error)
+            return self._broken_by(err)
         except Exception:  # noqa: BLE001 - a stream we cannot read must end in an error event, not a cut
             log.exception("could not translate the %s stream", self.provider)
-            return self._break({"message": f"{self.provider} error: the stream could not be translated",
-                                "type": "api_error", "param": None, "code": None})
+            return self._break(openai_error(f"{self.provider} error: the stream could not be translated"))
 
     def finish(self) -> bytes:
         """Return what the end of the upstream stream completes, and the client's end of stream."""
         if self.broken:
             return b""
+        tail = b""
         try:
             tail = self._flushed()
             if self.broken:
@@ -153,11 +153,15 @@ class StreamTransform:
         except GatewayError:
             raise
         except UpstreamBroke as err:
-            return self._break(err.error)
+            return tail + self._broken_by(err)
         except Exception:  # noqa: BLE001
             log.exception("could not finish the %s stream", self.provider)
-            return self._break({"message": f"{self.provider} error: the stream ended in a way that could not "
-                                "be translated", "type": "api_error", "param": None, "code": None})
+            return self._break(openai_error(f"{self.provider} error: the stream ended in a way that could not "
+                                            "be translated"))
+
+    def _broken_by(self, err: UpstreamBroke) -> bytes:
+        """End the stream at a failure: the chunks completed before it, then the error event."""
+        return self.writer.write(err.before) + self._break(err.error)
 
     def _break(self, error: dict[str, Any]) -> bytes:
         self.broken = True
@@ -175,7 +179,10 @@ class StreamTransform:
             for piece in self._pieces:
                 if self.inflater.exhausted:
                     return b"".join(out) + self._refuse(bomb_message(self.source, self.inflater.allowed))
-                out.append(self.writer.write(self.parser.feed(piece)))
+                try:
+                    out.append(self.writer.write(self.parser.feed(piece)))
+                except UpstreamBroke as err:
+                    return b"".join(out) + self._broken_by(err)
                 taken += len(piece)
                 if taken >= STREAM_STEP:
                     self.backlog = True
@@ -198,8 +205,7 @@ class StreamTransform:
         if not self.started:
             raise UpstreamUnreachable(message)
         log.warning("%s stream cut: %s", self.provider, message)
-        return self._break({"message": f"{self.provider} error: {message}", "type": "api_error", "param": None,
-                            "code": None})
+        return self._break(openai_error(f"{self.provider} error: {message}"))
 
 
 def with_body(facts: CallFacts, body: dict[str, Any]) -> CallFacts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from app.errors import openai_error
 from app.redact import MAX_SECRET_CHARS, redact
 
 # Provider error names → OpenAI error types (Gemini statuses, AWS exceptions, Cohere and Anthropic types).
@@ -49,8 +50,7 @@ def unified_error(provider: str, status: int, raw: bytes, aws_type: str | None =
     # (docs/security.md); by value before this (app.redact.masked_error), by name and shape here. Cut first,
     # so the work is bounded, but past the limit by a whole secret, so no secret is cut in two and half-shown.
     text = f"{provider} error: {message[:_MAX_MESSAGE + MAX_SECRET_CHARS]}"
-    return {"error": {"message": redact(text)[:_MAX_MESSAGE], "type": error_type,
-                      "param": param, "code": None if code is None else str(code)},
+    return {"error": openai_error(redact(text)[:_MAX_MESSAGE], error_type, param, None if code is None else str(code)),
             "provider": provider}
 
 

@@ -9,6 +9,7 @@ import struct
 from typing import Any, Protocol
 
 from app.errors import BadRequest
+from app.jsonwire import compact, compact_bytes
 from app.translate.base import CallFacts
 from app.translate.sse import data_event
 
@@ -102,11 +103,11 @@ class OpenAIFront:
 
 def dumps(payload: Any) -> bytes:
     """Return compact JSON bytes; a lone surrogate (an upstream may send one) goes as its `\\u` escape."""
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    text = compact(payload, ensure_ascii=False)
     try:
         return text.encode()
     except UnicodeEncodeError:  # not Unicode, so no UTF-8 either: the escaped form is the only faithful one
-        return json.dumps(payload, separators=(",", ":")).encode()
+        return compact_bytes(payload)
 
 
 def refuse_lone_surrogates(body: dict[str, Any]) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from app.errors import BadRequest
+from app.jsonwire import compact
 from app.translate import shape
 from app.translate.messages_answer import as_dict
 
@@ -134,7 +134,7 @@ def _assistant(blocks: list[Any], path: str) -> dict[str, Any]:
         if kind == "text":
             texts.append(str(block.get("text", "")))
         elif kind == "tool_use":
-            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"), ensure_ascii=False)
+            arguments = compact(block.get("input") or {}, ensure_ascii=False)
             calls.append(shape.tool_call(str(block.get("id", "")), str(block.get("name", "")), arguments))
         elif kind not in ("thinking", "redacted_thinking"):  # signed reasoning only Anthropic can read back
             raise BadRequest(f"{where}.type: {kind!r} blocks cannot be sent to this provider")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.errors import openai_error
 from app.translate.base import CallFacts, NativeRequest, UpstreamBroke
 from app.translate.sse import SSEReader, json_data
 
@@ -47,17 +48,21 @@ class OpenAIChunks:
 
     def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:
         chunks = []
-        for _, text in events:
-            payload = json_data(text)
-            if not isinstance(payload, dict):
-                continue  # [DONE]
-            if isinstance(payload.get("error"), dict):
-                error = payload["error"]
-                message = error.get("message") or "the stream failed"
-                raise UpstreamBroke({"message": f"{self.provider} error: {message}",
-                                     "type": error.get("type") or "api_error", "param": error.get("param"),
-                                     "code": error.get("code")})
-            chunks.append(payload)
+        try:
+            for _, text in events:
+                payload = json_data(text)
+                if not isinstance(payload, dict):
+                    continue  # [DONE]
+                if isinstance(payload.get("error"), dict):
+                    error = payload["error"]
+                    message = error.get("message") or "the stream failed"
+                    raise UpstreamBroke(openai_error(f"{self.provider} error: {message}",
+                                                     error.get("type") or "api_error", error.get("param"),
+                                                     error.get("code")))
+                chunks.append(payload)
+        except UpstreamBroke as err:
+            err.after(chunks)  # the events before the failure still go out
+            raise
         return chunks
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from app.jsonwire import compact_bytes
+
 _MAX_PENDING = 8 << 20  # an event larger than this is not a real provider's: stop holding it
 
 
@@ -66,7 +68,7 @@ def json_data(text: str) -> Any:
 
 def data_event(payload: Any) -> bytes:
     """Return one data-only event (the OpenAI stream's shape)."""
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + compact_bytes(payload, ensure_ascii=False) + b"\n\n"
 
 
 def named_event(name: str, payload: Any) -> bytes:

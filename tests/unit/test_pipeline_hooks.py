@@ -9,7 +9,7 @@ import pytest
 from app.call.answer import Answer
 from app.call.context import RequestContext
 from app.config.models import Target
-from app.pipeline.hooks import LeafHooks, leaf_hooks, run_after
+from app.pipeline.guardrail_stage import LeafHooks, leaf_hooks, run_after
 
 
 def ctx() -> RequestContext:

@@ -33,15 +33,19 @@ class AnthropicChunks:
         """Return what a last event completes; a stream cut before message_stop is an error, not an end."""
         chunks = self._chunks(self.events.finish())
         if not self.stopped:
-            raise UpstreamBroke.cut(PROVIDER, "message_stop")
+            raise UpstreamBroke.cut(PROVIDER, "message_stop").after(chunks)
         return chunks
 
     def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:
         chunks: list[dict[str, Any]] = []
-        for name, text in events:
-            payload = json_data(text)
-            if isinstance(payload, dict):
-                chunks += self._event(str(payload.get("type") or name), payload)
+        try:
+            for name, text in events:
+                payload = json_data(text)
+                if isinstance(payload, dict):
+                    chunks += self._event(str(payload.get("type") or name), payload)
+        except UpstreamBroke as err:
+            err.after(chunks)  # the events before the failure still go out
+            raise
         return chunks
 
     def _event(self, kind: str, payload: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from app.jsonwire import compact
 from app.translate import shape
 from app.translate.base import CallFacts
 
@@ -47,7 +47,7 @@ def completion(native: Any, facts: CallFacts) -> dict[str, Any]:
 
 
 def _arguments(value: Any) -> str:
-    return json.dumps({} if value is None else value, ensure_ascii=False, separators=(",", ":"))
+    return compact({} if value is None else value, ensure_ascii=False)
 
 
 def converse_usage(usage: Any) -> dict[str, Any] | None:

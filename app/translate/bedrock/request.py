@@ -9,6 +9,7 @@ from base64 import b64decode
 from typing import Any
 
 from app.errors import BadRequest
+from app.jsonwire import compact
 from app.translate import shape
 from app.translate.base import CallFacts, NativeRequest
 from app.translate.bedrock.paths import model_of, model_path
@@ -292,7 +293,7 @@ def output_config(response_format: Any) -> dict[str, Any] | None:
     definition = shape.json_schema_format(response_format, "bedrock")
     if definition is None:
         return None
-    json_schema: dict[str, Any] = {"schema": json.dumps(definition["schema"], separators=(",", ":"))}
+    json_schema: dict[str, Any] = {"schema": compact(definition["schema"])}
     for name in ("name", "description"):
         if isinstance(definition.get(name), str) and definition[name]:
             json_schema[name] = definition[name]

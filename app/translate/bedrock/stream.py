@@ -8,6 +8,7 @@ from typing import Any
 
 from botocore.eventstream import EventStreamBuffer, ParserError
 
+from app.errors import openai_error
 from app.translate import shape
 from app.translate.base import CallFacts, UpstreamBroke
 from app.translate.bedrock.answer import FINISH, converse_usage
@@ -44,8 +45,7 @@ class ConverseChunks:
                 self.pending -= frame.prelude.total_length
                 chunks.extend(self._frame(frame.headers, frame.payload))
         except ParserError as err:
-            self.failure = UpstreamBroke({"message": f"bedrock error: the event stream is corrupt ({err})",
-                                          "type": "api_error", "param": None, "code": None})
+            self.failure = UpstreamBroke(openai_error(f"bedrock error: the event stream is corrupt ({err})"))
         except UpstreamBroke as err:
             self.failure = err
         if self.failure is not None and not chunks:
@@ -74,8 +74,7 @@ class ConverseChunks:
         try:
             event = json.loads(payload) if payload else {}
         except ValueError:
-            raise UpstreamBroke({"message": "bedrock error: a stream event is not JSON", "type": "api_error",
-                                 "param": None, "code": None}) from None
+            raise UpstreamBroke(openai_error("bedrock error: a stream event is not JSON")) from None
         return handler(event if isinstance(event, dict) else {})
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:

@@ -31,19 +31,23 @@ class CohereChunks:
         """Return what a last unterminated event completes; a stream cut before message-end is a failure."""
         chunks = self._chunks(self.events.finish())
         if not self.ended:
-            raise UpstreamBroke.cut("cohere", "message-end")
+            raise UpstreamBroke.cut("cohere", "message-end").after(chunks)
         return chunks
 
     def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:
         chunks: list[dict[str, Any]] = []
-        for name, text in events:
-            payload = json_data(text)
-            if not isinstance(payload, dict) or self.ended:
-                continue  # the closing [DONE], or anything after message-end
-            kind = payload.get("type") or name
-            if kind == "error" or (not kind and "message" in payload):
-                raise UpstreamBroke(event_error(SLUG, payload))
-            chunks += self._event(str(kind), payload)
+        try:
+            for name, text in events:
+                payload = json_data(text)
+                if not isinstance(payload, dict) or self.ended:
+                    continue  # the closing [DONE], or anything after message-end
+                kind = payload.get("type") or name
+                if kind == "error" or (not kind and "message" in payload):
+                    raise UpstreamBroke(event_error(SLUG, payload))
+                chunks += self._event(str(kind), payload)
+        except UpstreamBroke as err:
+            err.after(chunks)  # the events before the failure still go out
+            raise
         return chunks
 
     def _event(self, kind: str, payload: dict[str, Any]) -> list[dict[str, Any]]:

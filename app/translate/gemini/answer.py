@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from app.jsonwire import compact
 from app.translate import shape
 from app.translate.gemini.signature import _call_id
 
@@ -37,7 +37,7 @@ def _candidate_output(candidate: dict[str, Any]) -> tuple[str, list[tuple[str, s
         elif isinstance(part.get("functionCall"), dict):
             call = part["functionCall"]
             calls.append((_call_id(part.get("thoughtSignature")), str(call.get("name") or ""),
-                          json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)))
+                          compact(call.get("args") or {}, ensure_ascii=False)))
     return "".join(text), calls
 
 

@@ -32,18 +32,22 @@ class GeminiChunks:
         chunks = self._chunks(self.events.finish())
         if not self.finished or self.started - self.finished:
             # Google ends every stream with a finishReason: without one the answer was cut short.
-            raise UpstreamBroke.cut(self.facts.provider, "its finishReason")
+            raise UpstreamBroke.cut(self.facts.provider, "its finishReason").after(chunks)
         if self.usage is not None:
             chunks.append(shape.usage_chunk(self.facts, self.usage, model=self.model))
         return chunks
 
     def _chunks(self, events: list[tuple[str, str]]) -> list[dict[str, Any]]:
         chunks: list[dict[str, Any]] = []
-        for _, text in events:
-            payload = json_data(text)
-            for item in payload if isinstance(payload, list) else [payload]:
-                if isinstance(item, dict):
-                    chunks += self._response(item)
+        try:
+            for _, text in events:
+                payload = json_data(text)
+                for item in payload if isinstance(payload, list) else [payload]:
+                    if isinstance(item, dict):
+                        chunks += self._response(item)
+        except UpstreamBroke as err:
+            err.after(chunks)  # the events before the failure still go out
+            raise
         return chunks
 
     def _response(self, payload: dict[str, Any]) -> list[dict[str, Any]]:

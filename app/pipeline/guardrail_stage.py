@@ -10,8 +10,10 @@ from typing import Any
 from app.call.answer import Answer
 from app.call.context import RequestContext
 from app.config.models import Target
+from app.errors import openai_error
 from app.guardrails import GuardrailHTTP, HookContext, expand_hooks, run_hooks, skipped_results
 from app.http.body import Body
+from app.jsonwire import compact_bytes
 
 BEFORE_ENDPOINTS = frozenset({"chatComplete", "complete", "messages", "embed"})
 AFTER_ENDPOINTS = frozenset({"chatComplete", "complete", "messages"})
@@ -66,7 +68,7 @@ def run_before(ctx: RequestContext, hooks: LeafHooks, body: Body | None, provide
     if run.denied:
         return body, denied_answer(ctx), True
     if run.request_json is not None:
-        body = Body(json.dumps(run.request_json, separators=(",", ":")).encode())
+        body = Body(compact_bytes(run.request_json))
     return body, None, not run.verdict
 
 
@@ -97,7 +99,7 @@ def run_after(ctx: RequestContext, hooks: LeafHooks, answer: Answer, before_fail
         return _flagged(answer, before_failed)
     status = 246 if answer.status == 200 and (before_failed or after_failed) else answer.status
     body = {**response_json, "hook_results": ctx.hook_results}
-    return answer.with_body(status, json.dumps(body, separators=(",", ":")).encode())
+    return answer.with_body(status, compact_bytes(body))
 
 
 def _with_results(ctx: RequestContext, answer: Answer, failed: bool) -> Answer:
@@ -107,7 +109,7 @@ def _with_results(ctx: RequestContext, answer: Answer, failed: bool) -> Answer:
     body = answer.first_chunk.strip()
     if not body.startswith(b"{") or not body.endswith(b"}"):
         return _flagged(answer, failed)
-    results = json.dumps(ctx.hook_results, separators=(",", ":")).encode()
+    results = compact_bytes(ctx.hook_results)
     joiner = b"," if body[1:-1].strip() else b""
     status = 246 if failed and answer.status == 200 else answer.status
     return answer.with_body(status, body[:-1] + joiner + b'"hook_results":' + results + b"}")
@@ -115,9 +117,9 @@ def _with_results(ctx: RequestContext, answer: Answer, failed: bool) -> Answer:
 
 def denied_answer(ctx: RequestContext) -> Answer:
     """Return the 446 answer of a denied guardrail, with the hook results so far."""
-    body = {"error": {"message": DENY_MESSAGE, "type": "hooks_failed", "param": None, "code": None},
+    body = {"error": openai_error(DENY_MESSAGE, "hooks_failed"),
             "hook_results": ctx.hook_results}
-    return Answer.whole(446, json.dumps(body, separators=(",", ":")).encode(), list(_JSON), "Guardrail Denied")
+    return Answer.whole(446, compact_bytes(body), list(_JSON), "Guardrail Denied")
 
 
 def _flagged(answer: Answer, failed: bool) -> Answer:
