@@ -105,3 +105,23 @@ async def _short(port: int, headers: dict[str, str]) -> float:
         return (time.perf_counter() - started) * 1000
     finally:
         writer.close()
+
+
+async def large_calls(port: int, headers: dict[str, str], size: int, upload: bool, stop: asyncio.Event) -> int:
+    """Send `size`-byte bodies (upload) or fetch `size`-byte answers back to back until stopped; return how many."""
+    done = 0
+    body = b'{"model":"cap","messages":[{"role":"user","content":"' + b"x" * size + b'"}]}' if upload else SHORT_BODY
+    extra = {} if upload else {"x-fake-body-bytes": str(size), "x-portkey-forward-headers": "x-fake-body-bytes"}
+    while not stop.is_set():
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=1 << 20)
+        try:
+            writer.write(request_bytes("/v1/chat/completions", {**headers, **extra, "Connection": "close"}, body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            await (reader.readexactly(int(length.group(1))) if length else reader.read())
+            if head.split(b" ", 2)[1] != b"200":
+                raise RuntimeError(f"a large call answered {head[:40]!r}")
+            done += 1
+        finally:
+            writer.close()
+    return done

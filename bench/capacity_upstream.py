@@ -4,7 +4,8 @@
 
 POST /v1/chat/completions answers OpenAI chunks, POST /v1/messages Anthropic events, `x-fake-events` of them
 `x-fake-event-interval-ms` apart, each text piece stamped "@t=<unix seconds>@" when written; a body without
-"stream": true gets a small JSON answer. The test fake (tests/fakes/provider.py) spends a thread per stream.
+"stream": true gets a small JSON answer, or `x-fake-body-bytes` bytes of JSON whitespace. The test fake
+(tests/fakes/provider.py) spends a thread per stream.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ async def _stream(writer: asyncio.StreamWriter, path: str, headers: dict[str, st
     await writer.drain()
 
 
+async def _large(writer: asyncio.StreamWriter, size: int) -> None:
+    """Write a JSON answer of `size` bytes (the head-of-line case), a block at a time as the reader takes it."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size)
+    block = b" " * 65536
+    for start in range(0, size, len(block)):
+        writer.write(block[:size - start])
+        await writer.drain()
+
+
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answer requests on one keep-alive connection until the peer closes it."""
     try:
@@ -93,6 +103,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             path, headers, body = request
             if b'"stream":true' in body.replace(b" ", b""):
                 await _stream(writer, path, headers)
+            elif "x-fake-body-bytes" in headers:
+                await _large(writer, int(headers["x-fake-body-bytes"]))
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                              % (len(CHAT), CHAT))

@@ -70,6 +70,10 @@ class Chunked(Framing):
         out: list[bytes] = []
         at, end = 0, len(data)
         while at < end and not self.done:
+            if self.state == "size" and not self.line:
+                at = self._whole_chunks(data, at, out)  # the usual case: whole chunks, one event each
+                if at >= end or self.done:
+                    break
             if self.state == "data":
                 piece = data[at:at + self.left]
                 out.append(piece)
@@ -88,6 +92,24 @@ class Chunked(Framing):
             self.line.clear()
         self.exact = self.done and at == end
         return b"".join(out)
+
+    def _whole_chunks(self, data: bytes, at: int, out: list[bytes]) -> int:
+        """Take the complete chunks from `at` on without the line-by-line state machine; return where it stopped."""
+        end = len(data)
+        while at < end:
+            newline = data.find(b"\n", at, at + 18)
+            if newline < 0:
+                return at
+            size = data[at:newline].rstrip(b"\r")
+            if not _HEX_SIZE.fullmatch(size):
+                return at  # an extension, or bad: the state machine reads it (and refuses what is bad)
+            left = int(size, 16)
+            start = newline + 1
+            if left == 0 or data[start + left:start + left + 2] != b"\r\n":
+                return at  # the last chunk, or one not all here: the state machine goes on from its size line
+            out.append(data[start:start + left])
+            at = start + left + 2
+        return at
 
     def closed(self) -> None:
         """Note the upstream closed the connection before the last chunk."""

@@ -63,6 +63,7 @@ class PolledRelay:
         self.reading = False  # registered for upstream reads
         self.writing = False  # registered for the client's socket to take more
         self.read_ahead = self.fp.fp is not None  # http.client may hold bytes it read ahead: those go first
+        self.drained = False  # the last read emptied the socket: wait for the poller rather than read again
         self.ending = False  # the last bytes are queued; over once they are written
         self.over = False
         self.moved = time.monotonic()  # last time bytes came from the upstream or went to the client
@@ -155,12 +156,18 @@ class PolledRelay:
                 if buffered:
                     return self.fp.fp.read(len(buffered))  # within the buffer: no read of the socket
                 self.read_ahead = False
+            if self.drained:
+                self.drained = False
+                return None  # the last read took all there was: the poller calls back when more comes
             data = self.upstream.recv(CHUNK)
         except _WOULD_BLOCK:
             return None
         except OSError as err:
             raise broke_off(self.relay.response, err) from err  # type: ignore[arg-type]
         self.moved = time.monotonic()
+        # A short read emptied the socket's buffer: one more read now would only fail (a system call and an
+        # exception per event). TLS may hold decrypted bytes the poller does not see, so it reads on.
+        self.drained = 0 < len(data) < CHUNK and not self._tls_pending()
         return data
 
     def _tls_pending(self) -> bool:

@@ -175,6 +175,7 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self.next_expiry = math.inf  # the earliest head deadline among them
         self.busy: set[ClientConn] = set()  # handed to a thread: served, or queued for one with its head here
         self.relays: dict[PolledRelay, ClientConn] = {}  # streams the poller relays, no thread held
+        self.next_relay_check = self.next_notify = self.next_parent_check = 0.0
         self.cut = 0
 
     def init_process(self) -> None:
@@ -453,9 +454,27 @@ class PorticoWorker(gthread.ThreadWorker):  # type: ignore[misc]
             self.nr_conns -= 1
             conn.close()  # a cut stream: the client must not take it for a whole answer
 
-    def expire_relays(self) -> None:
-        """End streams silent for longer than the upstream read timeout."""
+    def notify(self) -> None:
+        """Tell the master this worker is alive, at most once a second: gthread's loop turns once per event."""
         now = time.monotonic()
+        if now >= self.next_notify:
+            self.next_notify = now + 1.0
+            super().notify()
+
+    def is_parent_alive(self) -> bool:
+        """Check the master is still ours, at most once a second (a system call each loop turn otherwise)."""
+        now = time.monotonic()
+        if now < self.next_parent_check:
+            return True
+        self.next_parent_check = now + 1.0
+        return bool(super().is_parent_alive())
+
+    def expire_relays(self) -> None:
+        """End streams silent for longer than the upstream read timeout (checked about once a second)."""
+        now = time.monotonic()
+        if now < self.next_relay_check:
+            return  # the loop turns once per event: a scan of every stream each turn would cost more than the events
+        self.next_relay_check = now + 1.0
         for relay in [relay for relay in self.relays if relay.expired(now)]:
             relay.time_out()
 
