@@ -148,6 +148,20 @@ def head_of_line_run(server: Server, headers: dict[str, str]) -> tuple[float, in
     return p99([d for r in results for d in r.delays_ms]), uploads, downloads
 
 
+def warm_up(server: Server, headers: dict[str, str]) -> None:
+    """Serve a few hundred streams and short calls first: idle RSS is a warmed gateway's, not a fresh one's."""
+    async def run() -> None:
+        stop = asyncio.Event()
+        shorts = asyncio.create_task(short_calls(server.port, headers, SHORT_EVERY_S, stop))
+        await asyncio.gather(*(later(i / 100, one_stream(server.port, "/v1/chat/completions",
+                                                         paced(headers, 10, 50), 10, STREAM_TIMEOUT_S))
+                               for i in range(300)))
+        stop.set()
+        await shorts
+    asyncio.run(run())
+    time.sleep(3.0)
+
+
 def held_run(server: Server, headers: dict[str, str]) -> HeldRun:
     """Run one round of the 1,000 streams and measure it."""
     idle = tree_rss_mib(server.proc.pid)
@@ -208,6 +222,7 @@ def held(report: Report, portico: Server, upstream: str, runs: int) -> list[bool
     """Report the 1,000-stream figures."""
     headers = provider_headers("openai", upstream)
     report.note(f"capacity: {STREAMS} streams x {runs}")
+    warm_up(portico, headers)
     rounds = [held_run(portico, headers) for _ in range(runs)]
     report.say(f"{STREAMS} concurrent streams, {EVENTS} events {INTERVAL_MS} ms apart (OpenAI passthrough); "
                f"a short call every {SHORT_EVERY_S * 1000:.0f} ms meanwhile; a stream not done in "
