@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Any
 
-from app.call.context import RequestContext
+from app.call.record import CallRecord
 from app.jsonwire import compact
-from app.redact import NO_SECRETS, SecretFilter, Secrets, redact_query
+from app.redact import SecretFilter
 from app.redact import redact as redact  # re-exported: older imports read it here
 
 
@@ -95,30 +95,49 @@ def write_access_line(line: str) -> None:
     access_lines.write(line)
 
 
-def access_line(ctx: RequestContext, status: int, extra: dict[str, Any] | None = None,
-                secrets: Secrets = NO_SECRETS) -> str:
+def access_line(record: CallRecord) -> str:
     """Return the JSON access line of a call; no bodies, no secrets (docs/security.md)."""
     line: dict[str, Any] = {
-        "ts": round(time.time(), 3),
-        "trace_id": secrets.mask(ctx.trace_id),
-        "client_ip": ctx.client_ip,
-        "key": ctx.key_name,
-        "provider": ctx.provider_slug,
-        "route": ctx.route,
-        "method": ctx.method,
-        "path": secrets.scrub(ctx.path),
-        "query": redact_query(secrets.mask(ctx.query)) if ctx.query else None,
-        "status": status,
-        "upstream_status": ctx.upstream_status,
-        "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 2),
-        "upstream_ms": round(ctx.upstream_ms, 2) if ctx.upstream_ms is not None else None,
-        "bytes_in": ctx.body.size if ctx.body is not None else 0,
-        "bytes_out": ctx.bytes_out,
+        "ts": round(record.ended_at, 3),
+        "trace_id": record.trace_id,
+        "client_ip": record.client_ip,
+        "key": record.key_name,
+        "provider": record.provider,
+        "route": record.route,
+        "method": record.method,
+        "path": record.path,
+        "query": record.query,
+        "status": record.status,
+        "upstream_status": record.upstream_status,
+        "duration_ms": round(record.latency_s * 1000, 2),
+        "upstream_ms": round(record.upstream_ms, 2) if record.upstream_ms is not None else None,
+        "bytes_in": record.bytes_in,
+        "bytes_out": record.bytes_out,
     }
-    if extra:
-        line.update(extra)
-        if isinstance(extra.get("model"), str):
-            line["model"] = secrets.mask(extra["model"])
-    if ctx.error:
-        line["error"] = secrets.scrub(ctx.error)
+    line.update(usage_fields(record))
+    if record.error:
+        line["error"] = record.error
     return compact(line)
+
+
+def usage_fields(record: CallRecord) -> dict[str, Any]:
+    """Return the usage and cost fields of the access line (only those the answer reported)."""
+    fields: dict[str, Any] = {}
+    if record.model:
+        fields["model"] = record.model
+    fields.update({f"{kind}_tokens": count for kind, count in record.tokens.items()})
+    if record.search_units:
+        fields["search_units"] = record.search_units
+    if record.cost_usd is not None:
+        fields["cost_usd"] = record.cost_usd
+    if record.unknown_price:
+        fields["unknown_price"] = True
+    return fields
+
+
+class AccessLineSink:
+    """Writes each finished call as one JSON line on stdout (docs/observability.md)."""
+
+    def write(self, record: CallRecord) -> None:
+        """Queue the call's access line."""
+        write_access_line(access_line(record))

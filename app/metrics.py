@@ -17,11 +17,13 @@ import threading
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from app.call.record import CallRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,8 @@ TOKEN_KINDS = frozenset({"input", "output", "cache_read", "cache_write"})
 MAX_LABEL_CHARS = 64
 NONE = "none"
 OTHER = "other"
-# Every label value comes from a bounded set (docs/security.md). Callers pass provider slugs from the registry
-# and model names from the price table (app.observe); these budgets stop anything else from adding series
+# Every label value comes from a bounded set (docs/security.md). Calls carry provider slugs from the registry
+# and models are labelled by their price-table names (model_label); these budgets stop anything else from adding series
 # without end. Per process, a provider or a (provider, model) pair first seen after its budget is spent is
 # counted as `other`.
 MAX_PROVIDERS = 32
@@ -181,7 +183,7 @@ class GatewayMetrics:
         self._failed = False
         # Calls wait here and are applied in batches: one shared-value write per label set and batch instead of
         # six to eleven per call (each a lock and an mmap write in multiprocess mode). None marks a call started.
-        self._pending: deque[tuple[Any, ...] | None] = deque()
+        self._pending: deque[CallRecord | None] = deque()
         self._flush_lock = threading.Lock()
         self._flusher_pid = -1
         atexit.register(self.flush)
@@ -194,19 +196,15 @@ class GatewayMetrics:
         """Count a call as in flight."""
         self._queue(None)
 
-    def call_finished(self, *, route: str, provider: str | None, status: int, latency_s: float,
-                      upstream_s: float | None = None, retries: int = 0, fell_back: bool = False,
-                      cache_status: str | None = None, model: str | None = None,
-                      tokens: Mapping[str, int] | None = None, cost_usd: float | None = None) -> None:
+    def call_finished(self, record: CallRecord) -> None:
         """Record a finished call (once per call_started); never raise into the request path.
 
-        `provider` and `model` should already come from bounded sets (the registry's slugs, the price table's
-        names or `other`); values beyond the budgets are counted as `other` all the same.
+        The provider should come from a bounded set (the registry's slugs); values beyond the budgets are
+        counted as `other` all the same.
         """
-        self._queue((route, provider, status, latency_s, upstream_s, retries, fell_back, cache_status, model, tokens,
-                     cost_usd))
+        self._queue(record)
 
-    def _queue(self, call: tuple[Any, ...] | None) -> None:
+    def _queue(self, call: CallRecord | None) -> None:
         self._pending.append(call)
         if self._flusher_pid != os.getpid():  # first call in this process (gunicorn forks after import)
             with self._flush_lock:
@@ -233,40 +231,39 @@ class GatewayMetrics:
                     continue
                 batch.in_flight -= 1
                 try:
-                    self._record(batch, *call)
+                    self._record(batch, call)
                 except Exception:  # metrics must not break the gateway; say so once, not per call
                     if not self._failed:
                         self._failed = True
                         log.exception("recording metrics failed (reported once per process)")
             batch.apply(self.in_flight)
 
-    def _record(self, batch: _Batch, route: str, provider: str | None, status: int, latency_s: float,
-                upstream_s: float | None, retries: int, fell_back: bool, cache_status: str | None, model: str | None,
-                tokens: Mapping[str, int] | None, cost_usd: float | None) -> None:
-        key = (route, provider, status)
+    def _record(self, batch: _Batch, call: CallRecord) -> None:
+        key = (call.route, call.provider, call.status)
         children = self._call_children.get(key)
         if children is None:
-            children = self._make_call_children(route, provider, status)
+            children = self._make_call_children(*key)
             if len(self._call_children) < MAX_CALL_KEYS:  # raw values are the client's: keep the cache bounded
                 self._call_children[key] = children
         route_label, provider_label, requests, latency, upstream, overhead, retried, fallbacks = children
         batch.add(requests, 1)
         # `x > 0.0 else 0.0` also turns NaN into 0: one NaN in a histogram's sum would stick forever.
-        latency_s = latency_s if latency_s > 0.0 else 0.0
+        latency_s = call.latency_s if call.latency_s > 0.0 else 0.0
         batch.observe(latency, latency_s)
-        if upstream_s is not None:
-            upstream_s = upstream_s if upstream_s > 0.0 else 0.0
+        if call.upstream_s is not None:
+            upstream_s = call.upstream_s if call.upstream_s > 0.0 else 0.0
             batch.observe(upstream, upstream_s)
             spent = latency_s - upstream_s
             batch.observe(overhead, spent if spent > 0.0 else 0.0)
-        if retries > 0:
-            batch.add(retried, retries)
-        if fell_back:
+        if call.retries > 0:
+            batch.add(retried, call.retries)
+        if call.fell_back:
             batch.add(fallbacks, 1)
-        if cache_status in CACHE_STATUSES:
-            batch.add(self._child(self.cache, route_label, provider_label, cache_status), 1)
+        if call.cache_status in CACHE_STATUSES:
+            batch.add(self._child(self.cache, route_label, provider_label, call.cache_status), 1)
+        tokens, cost_usd = call.tokens, call.cost_usd
         if tokens or (cost_usd is not None and cost_usd > 0.0):
-            model_label = self._model_label(provider_label, model)
+            model_label = self._model_label(provider_label, model_label_of(call))
             if tokens:
                 for kind, count in tokens.items():
                     if kind in TOKEN_KINDS and count > 0:
@@ -309,6 +306,27 @@ class GatewayMetrics:
         if multiprocess_enabled():
             return render_metrics()
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+
+def model_label_of(call: CallRecord) -> str | None:
+    """Return the model's label: its price-table name, or `other` (docs/security.md).
+
+    The model is the client's choice: as a label it would add series without bound.
+    """
+    if call.model is None:
+        return None
+    return call.priced_as.partition("/")[2] if call.priced_as else OTHER
+
+
+class MetricsSink:
+    """Counts each finished call in the gateway's metrics."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def write(self, record: CallRecord) -> None:
+        """Queue the call for the next flush of the metric values."""
+        self.metrics.call_finished(record)
 
 
 class _Batch:

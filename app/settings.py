@@ -19,7 +19,7 @@ from app.errors import GatewayError
 from app.http.client_ip import TrustedProxies, parse_trusted
 from app.http.headers import proxy_drop_set
 from app.http.hosts import HostPolicy, UnresolvedHost
-from app.providers.registry import PROVIDERS, odd_character, option_problem
+from app.providers.registry import OPTION_NAMES, PROVIDERS, odd_character, option_problem
 
 DEFAULT_PORT = 8787
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"
@@ -31,12 +31,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # Catalog fields that name how to reach a provider (docs/gateway-file.md, [catalog]); api_key is the credential.
-CATALOG_FIELDS = (
-    "provider", "api_key", "custom_host", "resource_name", "deployment_id", "api_version",
-    "aws_region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-    "vertex_project_id", "vertex_region", "openai_organization", "openai_project",
-    "anthropic_version", "anthropic_beta",
-)
+CATALOG_FIELDS = ("provider", "api_key", "custom_host", *OPTION_NAMES)
 
 # Every section of the gateway file and the keys each may hold (docs/gateway-file.md). The strict check refuses
 # anything else, and the reader only reads keys listed here, so the two cannot drift apart.
@@ -511,6 +506,7 @@ class _Reader:
 
     def configs(self, raw: Any, policy: HostPolicy) -> dict[str, Any]:
         """Validate saved configs now, so a bad one stops start-up instead of failing calls."""
+        from app.config.compiled import compile_config
         from app.config.schema import parse_config
 
         parsed: dict[str, Any] = {}
@@ -521,6 +517,7 @@ class _Reader:
                 raise self.fail(*_config_problem(config_id, err)) from None
             for path, url in _config_custom_hosts(parsed[config_id], ("configs", config_id)):
                 self.custom_host(policy, url, dotted((*path, "custom_host")))
+            parsed[config_id] = compile_config(parsed[config_id])  # once, not per call (docs/configs.md)
         return parsed
 
     def catalog(self, raw: Any, policy: HostPolicy) -> dict[str, CatalogEntry]:

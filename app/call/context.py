@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from app.call.native import NativeRequest
 from app.config.models import Target as ConfigTarget
 from app.http.body import Body
 from app.providers.registry import Provider
+from app.usage.tap import UsageTap
 
 _UNSET: Any = object()
 PROXY = "proxy"
@@ -67,9 +69,9 @@ class RequestContext:
     cache_status: str = "DISABLED"
     upstream_sent: float | None = None
     fell_back: bool = False
-    usage: Any = None
+    usage: UsageTap | None = None  # reads the relayed answer's token counts (set when the answer starts)
     hook_results: dict[str, Any] = field(default_factory=dict)
-    native: Any = None  # the current leaf's translated request (app.translate.NativeRequest), None when relayed as is
+    native: NativeRequest | None = None  # the current leaf's translated request; None when relayed as is
     _body_json: Any = field(default=_UNSET, repr=False)
 
     @property

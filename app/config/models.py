@@ -6,14 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.providers.registry import OPTION_NAMES
+
 DEFAULT_RETRY_STATUS_CODES = (429, 500, 502, 503, 504)
 MODES = ("single", "loadbalance", "fallback", "conditional")
 # Target fields that name how to reach a provider; they ride along to the provider as options.
-PROVIDER_OPTION_FIELDS = (
-    "resource_name", "deployment_id", "api_version", "aws_region", "aws_access_key_id",
-    "aws_secret_access_key", "aws_session_token", "vertex_project_id", "vertex_region",
-    "openai_organization", "openai_project", "anthropic_version", "anthropic_beta",
-)
+PROVIDER_OPTION_FIELDS = OPTION_NAMES
 
 
 @dataclass(frozen=True)

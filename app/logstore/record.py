@@ -116,6 +116,6 @@ def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
 
 def _error_text(error: str | None) -> str | None:
     """Return the error text cut to MAX_ERROR_CHARS."""
-    # Secrets are the caller's to redact (app.observe masks them by value, name and shape with app.redact before
+    # Secrets are the caller's to redact (the CallRecord masks them by value, name and shape with app.redact before
     # the cut, so no secret is cut in two and half-kept). The store only bounds the size.
     return None if error is None else str(error)[:MAX_ERROR_CHARS]

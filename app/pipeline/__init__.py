@@ -16,7 +16,8 @@ from app.logstore import LogStore
 from app.metrics import get_metrics
 from app.observe import CallObserver
 from app.pipeline import auth, inbound, resolve, upstream
-from app.pipeline.routing import LeafExtras, Outcome, Router
+from app.pipeline.leaf import LeafExtras, Outcome
+from app.pipeline.routing import Router
 from app.settings import Settings
 from app.usage import PricingTable
 

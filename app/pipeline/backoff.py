@@ -7,6 +7,7 @@ import random
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
@@ -71,6 +72,47 @@ def next_wait(policy: RetryPolicy, status: int | None, headers: Mapping[str, str
             return None if asked > MAX_RETRY_WAIT_S or asked > remaining else asked
     delay = backoff_delay(retry_number, base_ms, rng)
     return None if delay > remaining else delay
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A leaf's retry state as a value, in urllib3's manner: a new one per retry, never changed in place.
+
+    `count` is the retries made so far; `exhausted` says the last answer was still retryable when no
+    attempt (or none of the 60 s budget) was left. What a client is told (x-portkey-retry-attempt-count,
+    -1 once retries ran out) is computed from the two (`reported`), not carried through the loop.
+    """
+
+    policy: RetryPolicy
+    base_ms: int
+    started: float
+    count: int = 0
+    exhausted: bool = False
+
+    def wants(self, status: int) -> bool:
+        """Tell whether an answer with this status is one to retry (transport failures always are)."""
+        return status in self.policy.on_status_codes
+
+    def wait(self, status: int | None, headers: Mapping[str, str] | None, now: float) -> float | None:
+        """Return the seconds to wait before the next retry, or None when no retry is left."""
+        if self.count >= self.policy.attempts:
+            return None
+        return next_wait(self.policy, status, headers, self.count + 1, self.base_ms, now - self.started)
+
+    def increment(self) -> Retry:
+        """Return the state after one more retry."""
+        return replace(self, count=self.count + 1)
+
+    def give_up(self) -> Retry:
+        """Return the state of a leaf whose last answer was retryable but got no retry."""
+        return replace(self, exhausted=True)
+
+    @property
+    def reported(self) -> int:
+        """Return the answering target's retry count as clients see it: -1 once configured retries ran out."""
+        if self.exhausted:
+            return -1 if self.policy.attempts else 0
+        return self.count
 
 
 def _lowercase(headers: Mapping[str, str]) -> dict[str, str]:

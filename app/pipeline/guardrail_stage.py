@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from app.call.answer import Answer
 from app.call.context import RequestContext
+from app.config.compiled import CompiledTarget, LeafHooks, expanded_hooks
 from app.config.models import Target
 from app.errors import openai_error
-from app.guardrails import GuardrailHTTP, HookContext, expand_hooks, run_hooks, skipped_results
+from app.guardrails import GuardrailHTTP, HookContext, run_hooks, skipped_results
 from app.http.body import Body
 from app.jsonwire import compact_bytes
 
@@ -23,35 +23,11 @@ MAX_HOOKED_BODY = 16 * 1024 * 1024  # answers larger than this are relayed witho
 _JSON = [("Content-Type", "application/json")]
 
 
-@dataclass(frozen=True)
-class LeafHooks:
-    """The hooks a leaf runs, shorthand expanded."""
-
-    before: list[dict[str, Any]]
-    after: list[dict[str, Any]]
-
-
-_EXPANDED: dict[int, tuple[Target, LeafHooks | None]] = {}
-_EXPANDED_MAX = 1024
-
-
 def leaf_hooks(leaf: Target) -> LeafHooks | None:
     """Return the leaf's hooks (with guardrail shorthand expanded), or None when it has none."""
-    if not (leaf.before_request_hooks or leaf.after_request_hooks or leaf.input_guardrails
-            or leaf.output_guardrails):
-        return None
-    # Configs are memoised by their text, so the same frozen leaf comes back call after call:
-    # expand its shorthand once. The entry keeps the leaf alive, so its id cannot be reused.
-    known = _EXPANDED.get(id(leaf))
-    if known is not None and known[0] is leaf:
-        return known[1]
-    before, after = expand_hooks(leaf.before_request_hooks, leaf.after_request_hooks,
-                                 leaf.input_guardrails, leaf.output_guardrails)
-    hooks = LeafHooks(before, after) if before or after else None
-    if len(_EXPANDED) >= _EXPANDED_MAX:
-        _EXPANDED.clear()
-    _EXPANDED[id(leaf)] = (leaf, hooks)
-    return hooks
+    if isinstance(leaf, CompiledTarget):
+        return leaf.hooks  # expanded once, when its config was compiled
+    return expanded_hooks(leaf)  # a tree built in code rather than loaded: nothing to reuse
 
 
 def run_before(ctx: RequestContext, hooks: LeafHooks, body: Body | None, provider: str,

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import lru_cache
-from typing import Any
 
 from app.call.context import UNIFIED, RequestContext, ResolvedTarget
+from app.config.compiled import CompiledTarget, compile_config, inherit
 from app.config.models import Target
 from app.config.schema import parse_config
 from app.errors import BadRequest
@@ -21,6 +20,8 @@ from app.providers.registry import Provider, get_provider, header_options
 from app.redact import CREDENTIAL_OPTIONS, Secrets
 from app.settings import Settings
 
+# The config of a call that names its provider outside a config: one leaf that inherits nothing.
+NO_CONFIG = compile_config(Target())
 NO_PROVIDER = ("Either x-portkey-provider needs to be passed. Or the x-portkey-config header should have a valid "
                "config with provider details in it.")
 
@@ -32,13 +33,13 @@ def load_config(ctx: RequestContext, settings: Settings) -> None:
         text = raw_config.strip()
         saved = settings.configs.get(text)
         if isinstance(saved, Target):
-            ctx.config = saved
+            ctx.config = compile_config(saved)  # compiled when the gateway file was loaded: returned as is
             ctx.held_config = f"saved config {text[:64]!r}"
         else:
             ctx.config = parse_config_text(text)
         ctx.option_index = "config"
     elif ctx.headers.get("x-portkey-provider") or _catalog_model(ctx):
-        ctx.config = Target()
+        ctx.config = NO_CONFIG
     else:
         raise BadRequest("Either x-portkey-config or x-portkey-provider header is required")
 
@@ -95,8 +96,8 @@ def unknown_entry(ref: str, where: str | None = None) -> str:
 
 
 @lru_cache(maxsize=512)
-def parse_config_text(text: str) -> Target:
-    """Parse and validate a config header; memoised by its text, since clients resend the same one."""
+def parse_config_text(text: str) -> CompiledTarget:
+    """Parse, validate and compile a config header; memoised by its text, since clients resend the same one."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -106,7 +107,7 @@ def parse_config_text(text: str) -> Target:
             raise BadRequest(f"There is no saved config with the id {shown}: x-portkey-config takes the id of a "
                              "saved config ([configs.<id>] in the gateway file) or a JSON config") from None
         raise BadRequest("Invalid config passed. You need to pass a valid json") from None
-    return parse_config(data)
+    return compile_config(parse_config(data))
 
 
 def resolve_leaf(leaf: Target, ctx: RequestContext, settings: Settings) -> ResolvedTarget:
@@ -230,17 +231,13 @@ def client_credential(headers: Mapping[str, str]) -> str | None:
 
 
 def merged(parent: Target, child: Target) -> Target:
-    """Return the child with what it inherits from its parent filled in (docs/configs.md, Routing)."""
-    changes: dict[str, Any] = {}
-    if parent.override_params:
-        changes["override_params"] = {**parent.override_params, **(child.override_params or {})}
-    for name in ("retry", "cache", "request_timeout", "custom_host", "forward_headers", "strict_open_ai_compliance",
-                 "before_request_hooks", "after_request_hooks", "input_guardrails", "output_guardrails"):
-        if getattr(child, name) is None and getattr(parent, name) is not None:
-            changes[name] = getattr(parent, name)
-    if not changes:
+    """Return the child with what it inherits from its parent filled in (docs/configs.md, Routing).
+
+    A compiled child (every config the pipeline loads) holds that already and comes back as it is.
+    """
+    if isinstance(child, CompiledTarget):
         return child
-    return replace(child, **changes)
+    return inherit(parent, child)
 
 
 def held_secrets(settings: Settings) -> Secrets:

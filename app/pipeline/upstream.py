@@ -25,8 +25,6 @@ from app.http.failures import cause_of, caused_by
 from app.http.headers import forwarded_headers, proxy_headers
 from app.http.hosts import HostPolicy, PinnedHost, UnresolvedHost
 from app.jsonwire import compact_bytes
-from app.providers import aws
-from app.providers.registry import SIGV4
 from app.redact import call_secrets
 from app.settings import Settings
 
@@ -85,7 +83,7 @@ def checked_host(url: str, policy: HostPolicy, provider_host: bool) -> PinnedHos
 
 def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple[str, ...],
                      settings: Settings) -> dict[str, str]:
-    """Return the headers sent upstream: the route's policy, the forward list, then the provider's auth."""
+    """Return the headers sent upstream: the route's policy, the forward list, then the provider's own."""
     if ctx.route == PROXY:
         headers = proxy_headers(ctx.header_items, settings.proxy_drop)
     elif ctx.native is not None:
@@ -95,7 +93,7 @@ def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple
         if ctx.headers.get("content-type"):
             headers["Content-Type"] = ctx.headers["content-type"]
     headers.update(forwarded_headers(ctx.headers, forward))
-    headers.update(target.provider.auth_headers(target.credential, target.options, ctx.headers))
+    headers.update(target.provider.sent_headers(target.options, ctx.headers))
     return headers
 
 
@@ -107,8 +105,8 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
         pinned = None  # the proxy makes the connection to the provider's own host: there is no socket to pin
     headers = upstream_headers(ctx, target, forward, settings)
     prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
-    if target.provider.auth == SIGV4:
-        aws.authorize(prepared, target.options, target.credential)
+    # Authenticated last, once URL, headers and body are final: SigV4 signs exactly what is sent.
+    target.provider.auth_for(target.credential, target.options)(prepared)
     sent = time.perf_counter()
     if ctx.upstream_sent is None:
         ctx.upstream_sent = sent

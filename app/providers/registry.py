@@ -1,22 +1,21 @@
-"""Provider slugs: base URL, auth style, native format and provider-specific headers (docs/providers.md)."""
+"""The providers: one object each, owning its base URL rules, auth, options and adapters (docs/providers.md)."""
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from requests.auth import AuthBase
 
 from app.errors import BadRequest
-
-BEARER = "bearer"
-ANTHROPIC = "anthropic"
-AZURE = "azure"
-GOOGLE = "google"
-SIGV4 = "sigv4"
+from app.providers.auth import API_KEY, BEARER, GOOGLE_API_KEY, SIGV4, X_API_KEY, AuthKind
 
 OPENAI_FORMAT = "openai"
 ANTHROPIC_FORMAT = "anthropic"
+CHAT = "chatComplete"  # the unified endpoints, by Portkey's names
+EMBED = "embed"
 
 # x-portkey-* header suffix → option name, per provider: read only for that provider (docs/providers.md).
 _OPENAI_OPTIONS = {"openai-organization": "openai_organization", "openai-project": "openai_project"}
@@ -26,6 +25,9 @@ _AZURE_OPTIONS = {"azure-resource-name": "resource_name", "azure-deployment-id":
 _AWS_OPTIONS = {"aws-region": "aws_region", "aws-access-key-id": "aws_access_key_id",
                 "aws-secret-access-key": "aws_secret_access_key", "aws-session-token": "aws_session_token"}
 _VERTEX_OPTIONS = {"vertex-project-id": "vertex_project_id", "vertex-region": "vertex_region"}
+# Every provider option, the one list the config schema, the gateway file's catalog and the headers share.
+OPTION_NAMES: tuple[str, ...] = tuple(name for group in (
+    _AZURE_OPTIONS, _AWS_OPTIONS, _VERTEX_OPTIONS, _OPENAI_OPTIONS, _ANTHROPIC_OPTIONS) for name in group.values())
 _SHOWN = 64  # how much of a refused option value an error echoes
 
 
@@ -74,80 +76,111 @@ def option_problem(name: str, value: str) -> str | None:
     return f"must be {form.expected}; got {shown}"
 
 
+BaseRule = Callable[["Provider", Mapping[str, str]], str]
+PathRule = Callable[["Provider", str, Mapping[str, str]], tuple[str, dict[str, str]]]
+HeaderRule = Callable[[Mapping[str, str], Mapping[str, str]], dict[str, str]]
+
+
+def custom_host_or_fixed(provider: Provider, options: Mapping[str, str]) -> str:
+    """Return the provider's one base URL; a provider without one is reached only through a custom host."""
+    if provider.base_url is None:
+        raise BadRequest(f"Provider {provider.slug} needs a custom host: send x-portkey-custom-host "
+                         "or set custom_host in the config or catalog entry")
+    return provider.base_url
+
+
+def same_path(provider: Provider, rest: str, options: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """Return a unified call's path as it is, with no extra query."""
+    return rest, {}
+
+
+def no_headers(options: Mapping[str, str], client_headers: Mapping[str, str]) -> dict[str, str]:
+    """Return no option headers: the provider takes none."""
+    return {}
+
+
 @dataclass(frozen=True)
 class Provider:
-    """How to reach one provider: where, how to authenticate, which unified format it speaks natively."""
+    """One provider: where it is, how to authenticate, the options it reads, the adapters that translate to it."""
 
     slug: str
     base_url: str | None
-    auth: str = BEARER
+    auth: AuthKind = BEARER
     native_format: str | None = OPENAI_FORMAT
-    option_headers: Mapping[str, str] | None = None
+    option_headers: Mapping[str, str] = field(default_factory=dict)  # x-portkey-* suffix → option name
     # The option naming the one account a credential belongs to (an Azure key opens one resource): with a
     # credential held on the gateway only the operator may set it (docs/security.md).
     account_option: str | None = None
+    base_rule: BaseRule = custom_host_or_fixed
+    path_rule: PathRule = same_path
+    header_rule: HeaderRule = no_headers  # the headers its options become upstream
+    # Unified endpoint → "module:ADAPTER" translating to the native API, imported on first use (app.translate).
+    adapters: Mapping[str, str] = field(default_factory=dict)
 
     def base_for(self, options: Mapping[str, str]) -> str:
         """Return the base URL, filling in resource or region from the options."""
-        if self.slug == "azure-openai":
-            resource = _required(options, "resource_name", "x-portkey-azure-resource-name", self.slug)
-            return f"https://{resource}.openai.azure.com/openai"
-        if self.slug == "vertex-ai":
-            region = _required(options, "vertex_region", "x-portkey-vertex-region", self.slug)
-            # The global endpoint has no region prefix.
-            return "https://aiplatform.googleapis.com" if region == "global" else f"https://{region}-aiplatform.googleapis.com"
-        if self.slug == "bedrock":
-            region = _required(options, "aws_region", "x-portkey-aws-region", self.slug)
-            return f"https://bedrock-runtime.{region}.amazonaws.com"
-        if self.base_url is None:
-            raise BadRequest(f"Provider {self.slug} needs a custom host: send x-portkey-custom-host "
-                             "or set custom_host in the config or catalog entry")
-        return self.base_url
-
-    def auth_headers(self, credential: str | None, options: Mapping[str, str],
-                     client_headers: Mapping[str, str]) -> dict[str, str]:
-        """Return the headers that authenticate to this provider with the credential."""
-        headers: dict[str, str] = {}
-        if self.auth == BEARER and credential:
-            headers["Authorization"] = f"Bearer {credential}"
-        elif self.auth == ANTHROPIC:
-            if credential:
-                headers["x-api-key"] = credential
-            version = options.get("anthropic_version") or client_headers.get("anthropic-version")
-            headers["anthropic-version"] = version or "2023-06-01"
-            if options.get("anthropic_beta"):
-                headers["anthropic-beta"] = options["anthropic_beta"]
-        elif self.auth == AZURE and credential:
-            headers["api-key"] = credential
-        elif self.auth == GOOGLE and credential:
-            # The header form keeps the key out of URLs (and so out of every log that prints one).
-            headers["x-goog-api-key"] = credential
-        # SIGV4: the request is signed whole, once its URL and body are final (app.providers.aws).
-        if self.slug == "openai":
-            if options.get("openai_organization"):
-                headers["OpenAI-Organization"] = options["openai_organization"]
-            if options.get("openai_project"):
-                headers["OpenAI-Project"] = options["openai_project"]
-        return headers
+        return self.base_rule(self, options)
 
     def unified_path(self, rest: str, options: Mapping[str, str]) -> tuple[str, dict[str, str]]:
         """Return the upstream path and extra query parameters of a unified call."""
-        if self.auth == AZURE:
-            deployment = _required(options, "deployment_id", "x-portkey-azure-deployment-id", self.slug)
-            version = _required(options, "api_version", "x-portkey-azure-api-version", self.slug)
-            return f"/deployments/{deployment}{rest}", {"api-version": version}
-        return rest, {}
+        return self.path_rule(self, rest, options)
+
+    def sent_headers(self, options: Mapping[str, str], client_headers: Mapping[str, str]) -> dict[str, str]:
+        """Return the provider-specific headers its options become (OpenAI-Organization, anthropic-version...)."""
+        return self.header_rule(options, client_headers)
+
+    def auth_for(self, credential: str | None, options: Mapping[str, str]) -> AuthBase:
+        """Return the auth object of one call, applied to the prepared request (app.providers.auth)."""
+        return self.auth.for_call(credential, options)
+
+    def required(self, options: Mapping[str, str], name: str) -> str:
+        """Return an option an upstream URL needs; a missing or malformed one is a 400 naming its header."""
+        header = next(f"x-portkey-{suffix}" for suffix, option in self.option_headers.items() if option == name)
+        value = options.get(name)
+        if not value:
+            raise BadRequest(f"{self.slug} needs {name}: send the {header} header or set it in the catalog entry")
+        # Checked where options enter too; checked again here, where the URL is built, whatever the source.
+        problem = option_problem(name, value)
+        if problem:
+            raise BadRequest(f"Invalid {name} ({header}): {problem}")
+        return value
 
 
-def _required(options: Mapping[str, str], name: str, header: str, slug: str) -> str:
-    value = options.get(name)
-    if not value:
-        raise BadRequest(f"{slug} needs {name}: send the {header} header or set it in the catalog entry")
-    # Checked where options enter too; checked again here, where the URL is built, whatever the source.
-    problem = option_problem(name, value)
-    if problem:
-        raise BadRequest(f"Invalid {name} ({header}): {problem}")
-    return value
+def _azure_base(provider: Provider, options: Mapping[str, str]) -> str:
+    return f"https://{provider.required(options, 'resource_name')}.openai.azure.com/openai"
+
+
+def _azure_path(provider: Provider, rest: str, options: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    deployment = provider.required(options, "deployment_id")
+    version = provider.required(options, "api_version")
+    return f"/deployments/{deployment}{rest}", {"api-version": version}
+
+
+def _vertex_base(provider: Provider, options: Mapping[str, str]) -> str:
+    region = provider.required(options, "vertex_region")
+    # The global endpoint has no region prefix.
+    return "https://aiplatform.googleapis.com" if region == "global" else f"https://{region}-aiplatform.googleapis.com"
+
+
+def _bedrock_base(provider: Provider, options: Mapping[str, str]) -> str:
+    return f"https://bedrock-runtime.{provider.required(options, 'aws_region')}.amazonaws.com"
+
+
+def _openai_headers(options: Mapping[str, str], client_headers: Mapping[str, str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if options.get("openai_organization"):
+        headers["OpenAI-Organization"] = options["openai_organization"]
+    if options.get("openai_project"):
+        headers["OpenAI-Project"] = options["openai_project"]
+    return headers
+
+
+def _anthropic_headers(options: Mapping[str, str], client_headers: Mapping[str, str]) -> dict[str, str]:
+    version = options.get("anthropic_version") or client_headers.get("anthropic-version")
+    headers = {"anthropic-version": version or "2023-06-01"}
+    if options.get("anthropic_beta"):
+        headers["anthropic-beta"] = options["anthropic_beta"]
+    return headers
 
 
 def _bearer(slug: str, base_url: str | None) -> Provider:
@@ -155,13 +188,20 @@ def _bearer(slug: str, base_url: str | None) -> Provider:
 
 
 PROVIDERS: dict[str, Provider] = {p.slug: p for p in (
-    Provider("openai", "https://api.openai.com/v1", option_headers=_OPENAI_OPTIONS),
-    Provider("anthropic", "https://api.anthropic.com/v1", ANTHROPIC, ANTHROPIC_FORMAT, _ANTHROPIC_OPTIONS),
-    Provider("azure-openai", None, AZURE, OPENAI_FORMAT, _AZURE_OPTIONS, account_option="resource_name"),
-    Provider("cohere", "https://api.cohere.ai/v1", native_format=None),
-    Provider("google", "https://generativelanguage.googleapis.com", GOOGLE, None),
-    Provider("vertex-ai", None, BEARER, None, _VERTEX_OPTIONS),
-    Provider("bedrock", None, SIGV4, None, _AWS_OPTIONS),
+    Provider("openai", "https://api.openai.com/v1", option_headers=_OPENAI_OPTIONS, header_rule=_openai_headers),
+    Provider("anthropic", "https://api.anthropic.com/v1", X_API_KEY, ANTHROPIC_FORMAT, _ANTHROPIC_OPTIONS,
+             header_rule=_anthropic_headers, adapters={CHAT: "app.translate.anthropic:CHAT"}),
+    Provider("azure-openai", None, API_KEY, OPENAI_FORMAT, _AZURE_OPTIONS, account_option="resource_name",
+             base_rule=_azure_base, path_rule=_azure_path),
+    Provider("cohere", "https://api.cohere.ai/v1", native_format=None,
+             adapters={CHAT: "app.translate.cohere:CHAT", EMBED: "app.translate.cohere:EMBED"}),
+    Provider("google", "https://generativelanguage.googleapis.com", GOOGLE_API_KEY, None,
+             adapters={CHAT: "app.translate.gemini:GOOGLE_CHAT", EMBED: "app.translate.gemini:GOOGLE_EMBED"}),
+    Provider("vertex-ai", None, BEARER, None, _VERTEX_OPTIONS, base_rule=_vertex_base,
+             adapters={CHAT: "app.translate.vertex:CHAT",  # Gemini, or Claude by the model name
+                       EMBED: "app.translate.gemini:VERTEX_EMBED"}),
+    Provider("bedrock", None, SIGV4, None, _AWS_OPTIONS, base_rule=_bedrock_base,
+             adapters={CHAT: "app.translate.bedrock:CHAT", EMBED: "app.translate.bedrock:EMBED"}),
     _bearer("mistral-ai", "https://api.mistral.ai/v1"),
     _bearer("groq", "https://api.groq.com/openai/v1"),
     _bearer("together-ai", "https://api.together.xyz/v1"),
@@ -194,7 +234,7 @@ def did_you_mean(slug: str) -> str:
 def header_options(provider: Provider, headers: Mapping[str, str]) -> dict[str, str]:
     """Return the provider options sent as x-portkey-* headers, for this provider only; a malformed one is a 400."""
     options: dict[str, str] = {}
-    for suffix, name in (provider.option_headers or {}).items():
+    for suffix, name in provider.option_headers.items():
         value = headers.get(f"x-portkey-{suffix}")
         if value:
             odd = odd_character(value)  # the HTTP parser keeps out CR and LF, not every control (docs/security.md)

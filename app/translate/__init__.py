@@ -15,26 +15,12 @@ from typing import Any
 
 from app.call.context import UNIFIED, RequestContext, ResolvedTarget
 from app.errors import BadRequest
+from app.providers.registry import CHAT
 from app.translate.base import CallFacts
 from app.translate.call import Translator
 from app.translate.fronts import Front, OpenAIFront
 
-CHAT = "chatComplete"
-EMBED = "embed"
 MESSAGES = "messages"
-
-# (provider slug, unified endpoint) → "module:ADAPTER", imported on first use.
-ADAPTERS: dict[tuple[str, str], str] = {
-    ("anthropic", CHAT): "app.translate.anthropic:CHAT",
-    ("google", CHAT): "app.translate.gemini:GOOGLE_CHAT",
-    ("google", EMBED): "app.translate.gemini:GOOGLE_EMBED",
-    ("vertex-ai", CHAT): "app.translate.vertex:CHAT",  # Gemini, or Claude by the model name
-    ("vertex-ai", EMBED): "app.translate.gemini:VERTEX_EMBED",
-    ("cohere", CHAT): "app.translate.cohere:CHAT",
-    ("cohere", EMBED): "app.translate.cohere:EMBED",
-    ("bedrock", CHAT): "app.translate.bedrock:CHAT",
-    ("bedrock", EMBED): "app.translate.bedrock:EMBED",
-}
 OPENAI_CHAT = "app.translate.openai:CHAT"  # the unified chat format itself, for /v1/messages to OpenAI-like providers
 
 
@@ -49,10 +35,10 @@ def translator_for(ctx: RequestContext, target: ResolvedTarget, strict: bool | N
     endpoint = ctx.endpoint or ""
     front: Front
     if endpoint == MESSAGES:
-        name = ADAPTERS.get((provider.slug, CHAT)) or (OPENAI_CHAT if provider.native_format else None)
+        name = provider.adapters.get(CHAT) or (OPENAI_CHAT if provider.native_format else None)
         front = _load("app.translate.messages:FRONT")
     else:
-        name = ADAPTERS.get((provider.slug, endpoint))
+        name = provider.adapters.get(endpoint)
         front = OpenAIFront(endpoint)
     route = ctx.path[:100]  # the client's name for the endpoint; Portkey's (chatComplete, ...) is internal
     if name is None:

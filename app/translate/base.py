@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.call.native import NativeRequest as NativeRequest  # defined below translate, so the call types can hold one
 from app.errors import openai_error
 
 
@@ -21,16 +22,6 @@ class CallFacts:
     strict: bool = True           # x-portkey-strict-open-ai-compliance: extras left out unless False
     include_usage: bool = False   # stream_options.include_usage asked for
     options: Mapping[str, str] = field(default_factory=dict)  # the target's provider options (region, project...)
-
-
-@dataclass(frozen=True)
-class NativeRequest:
-    """The provider's own request: the path after its base URL (query included) and the JSON body."""
-
-    path: str
-    body: Any
-    headers: Mapping[str, str] = field(default_factory=dict)  # extra headers the native API needs
-    from_root: bool = False  # the path names its own version: it replaces the base URL's /v1 (Cohere's /v2)
 
 
 class ChunkParser(Protocol):

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from responses.registries import OrderedRegistry
 
 from app.metrics import MULTIPROC_ENV, GatewayMetrics
+from app.observe import CallObserver
 from tests.conftest import GATEWAY_KEY, PROVIDER_SECRET, gw_headers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,9 +165,11 @@ def retries_total(metrics: GatewayMetrics) -> float:
 def observed(app: Flask, monkeypatch: pytest.MonkeyPatch) -> tuple[Captured, GatewayMetrics]:
     """Give the app's observer an in-memory request log and fresh single-process metrics."""
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
-    observer = app.extensions["portico"].observer
-    observer.log_store, observer.metrics = Captured(), GatewayMetrics()
-    return observer.log_store, observer.metrics
+    gateway = app.extensions["portico"]
+    log, metrics = Captured(), GatewayMetrics()
+    observer = CallObserver(gateway.observer.pricing, log, metrics, access_lines=False)  # type: ignore[arg-type]
+    monkeypatch.setattr(gateway, "observer", observer)
+    return log, metrics
 
 
 def test_every_retry_of_every_fallback_target_is_counted(client: FlaskClient, upstream, observed) -> None:

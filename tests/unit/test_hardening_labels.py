@@ -12,6 +12,7 @@ import responses
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.call.record import CallRecord
 from app.metrics import MAX_MODEL_PAIRS, MAX_PROVIDERS, MULTIPROC_ENV, GatewayMetrics, render_metrics
 from tests.conftest import PROVIDER_SECRET, gw_headers
 
@@ -39,14 +40,15 @@ def single(monkeypatch: pytest.MonkeyPatch) -> GatewayMetrics:
 
 
 def record_random_calls(m: GatewayMetrics, rng: random.Random, calls: int) -> None:
-    """Record calls whose model, cache status and token kinds are random text, and statuses odd ones too."""
+    """Record calls whose model and cache status are random text, and statuses odd ones too."""
     for _ in range(calls):
         m.call_started()
-        m.call_finished(route=rng.choice(["unified", "proxy"]), provider=rng.choice(["openai", "anthropic", "cohere"]),
-                        status=rng.choice(STATUSES), latency_s=rng.random(), upstream_s=rng.random() / 2,
-                        retries=rng.randint(0, 2), fell_back=rng.random() < 0.1,
-                        cache_status=rng.choice([None, "HIT", "MISS", random_text(rng)]), model=random_text(rng),
-                        tokens={"input": 5, "output": 3, random_text(rng): 1}, cost_usd=0.001)
+        provider, model = rng.choice(["openai", "anthropic", "cohere"]), random_text(rng)
+        m.call_finished(CallRecord(route=rng.choice(["unified", "proxy"]), provider=provider,
+                                   status=rng.choice(STATUSES), latency_s=rng.random(), upstream_s=rng.random() / 2,
+                                   retries=rng.randint(0, 2), fell_back=rng.random() < 0.1,
+                                   cache_status=rng.choice([None, "HIT", "MISS", random_text(rng)]), model=model,
+                                   priced_as=f"{provider}/{model}", input_tokens=5, output_tokens=3, cost_usd=0.001))
 
 
 def test_random_client_values_stop_adding_series(single: GatewayMetrics) -> None:
@@ -70,7 +72,7 @@ def test_random_client_values_stop_adding_series(single: GatewayMetrics) -> None
 def test_unknown_providers_beyond_the_budget_count_as_other(single: GatewayMetrics) -> None:
     for index in range(MAX_PROVIDERS + 50):
         single.call_started()
-        single.call_finished(route="proxy", provider=f"made-up-{index}", status=200, latency_s=0.01)
+        single.call_finished(CallRecord(route="proxy", provider=f"made-up-{index}", status=200, latency_s=0.01))
     providers = {dict(labels)["provider"] for name, labels in series(single.render()[0])
                  if name == "portico_requests_total"}
     assert len(providers) == MAX_PROVIDERS + 1 and "other" in providers

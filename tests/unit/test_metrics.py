@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.call.record import CallRecord
 from app.metrics import (
     LATENCY_BUCKETS,
     MULTIPROC_ENV,
+    OTHER,
     GatewayMetrics,
     get_metrics,
     mark_worker_dead,
@@ -47,14 +49,20 @@ def label_sets(samples: Samples, name: str) -> set[frozenset[tuple[str, str]]]:
     return {labels for sample, labels in samples if sample == name}
 
 
+def call_record(route: str = "unified", provider: str | None = "openai", status: int = 200, latency_s: float = 0.3,
+                upstream_s: float | None = 0.28, model: str | None = None, tokens: dict[str, Any] | None = None,
+                **changes: Any) -> CallRecord:
+    """Return a finished call whose model is labelled `model` (a price-table name, or `other`)."""
+    priced_as = f"{provider}/{model}" if model not in (None, OTHER) else None
+    counts = {f"{kind}_tokens": count for kind, count in (tokens or {}).items()}
+    return CallRecord(route=route, provider=provider, status=status, latency_s=latency_s, upstream_s=upstream_s,
+                      model=model, priced_as=priced_as, **counts, **changes)
+
+
 def finished(m: GatewayMetrics, **changes: Any) -> None:
     """Record one call: a 200 on the unified route from openai unless changed."""
-    call: dict[str, Any] = dict(route="unified", provider="openai", status=200, latency_s=0.3, upstream_s=0.28,
-                                retries=0, fell_back=False, cache_status=None, model=None, tokens=None,
-                                cost_usd=None)
-    call.update(changes)
     m.call_started()
-    m.call_finished(**call)
+    m.call_finished(call_record(**changes))
 
 
 @pytest.fixture
@@ -71,11 +79,12 @@ def test_counters_histograms_and_in_flight(single: GatewayMetrics) -> None:
     single.call_started()
     single.call_started()
     assert value(parse(single.render()[0]), "portico_in_flight_requests") == 2
-    single.call_finished(route="unified", provider="openai", status=200, latency_s=0.3, upstream_s=0.28, retries=2,
-                         fell_back=True, cache_status="MISS", model="gpt-4o-mini",
-                         tokens={"input": 120, "output": 40, "cache_read": 0}, cost_usd=0.0025)
-    single.call_finished(route="unified", provider="openai", status=200, latency_s=0.004, upstream_s=None, retries=0,
-                         fell_back=False, cache_status="HIT", model=None, tokens=None, cost_usd=None)
+    single.call_finished(call_record(route="unified", provider="openai", status=200, latency_s=0.3, upstream_s=0.28,
+                                     retries=2, fell_back=True, cache_status="MISS", model="gpt-4o-mini",
+                                     tokens={"input": 120, "output": 40, "cache_read": 0}, cost_usd=0.0025))
+    single.call_finished(call_record(route="unified", provider="openai", status=200, latency_s=0.004, upstream_s=None,
+                                     retries=0, fell_back=False, cache_status="HIT", model=None, tokens=None,
+                                     cost_usd=None))
     finished(single, route="proxy", provider="anthropic", status=502, latency_s=2.0, upstream_s=1.99,
              cache_status="DISABLED")
 
@@ -114,7 +123,7 @@ def test_counters_histograms_and_in_flight(single: GatewayMetrics) -> None:
 def test_label_values_are_bounded(single: GatewayMetrics) -> None:
     long_model = "ft:gpt-4o-2024-08-06:" + "x" * 200
     finished(single, provider=None, status=401, upstream_s=None)
-    finished(single, route="/v1/some/unbounded/path", model=long_model, tokens={"output": 5, "secret-kind": 9},
+    finished(single, route="/v1/some/unbounded/path", model=long_model, tokens={"output": 5},
              cost_usd=0.01)
     finished(single, tokens={"input": 3}, cost_usd=-1.0)  # no model in the answer; a negative cost is not counted
     s = parse(single.render()[0])
@@ -223,15 +232,17 @@ def test_mark_worker_dead_without_multiprocess_does_nothing(monkeypatch: pytest.
 
 WORKER = textwrap.dedent("""
     import json, os, sys
+    from app.call.record import CallRecord
     from app.metrics import get_metrics
     index, calls, leave_open = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     m = get_metrics()
     for i in range(calls):
         m.call_started()
-        m.call_finished(route="unified", provider="openai", status=200 if i % 4 else 429,
-                        latency_s=0.05 * (index + 1), upstream_s=0.04 * (index + 1), retries=1, fell_back=i % 2 == 0,
-                        cache_status="MISS", model=f"model-{index}", tokens={"input": 10, "output": 3},
-                        cost_usd=0.001)
+        m.call_finished(CallRecord(route="unified", provider="openai", status=200 if i % 4 else 429,
+                                   latency_s=0.05 * (index + 1), upstream_s=0.04 * (index + 1), retries=1,
+                                   fell_back=i % 2 == 0, cache_status="MISS", model=f"model-{index}",
+                                   priced_as=f"openai/model-{index}", input_tokens=10, output_tokens=3,
+                                   cost_usd=0.001))
     for _ in range(leave_open):
         m.call_started()
     print(json.dumps({"pid": os.getpid()}))
@@ -296,11 +307,13 @@ MASTER = textwrap.dedent("""
     for index in range(2):  # the workers fork from the master, as under gunicorn
         pid = os.fork()
         if pid == 0:
+            from app.call.record import CallRecord
             from app.metrics import get_metrics
             m = get_metrics()
             for _ in range(25):
                 m.call_started()
-                m.call_finished(route="proxy", provider="openai", status=200, latency_s=0.01, upstream_s=0.005)
+                m.call_finished(CallRecord(route="proxy", provider="openai", status=200, latency_s=0.01,
+                                           upstream_s=0.005))
             m.call_started()
             m.flush()  # as the flusher thread does every 0.25 s; a worker killed sooner loses its last calls
             os._exit(0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from app.observe import CallObserver, usage_fields
-from app.usage import Cost, PricingTable, Usage
+from app.call.record import CallRecord
+from app.logs import usage_fields
+from app.observe import CallObserver
+from app.usage import PricingTable
 
 
 def test_unpriced_model_is_warned_about_once(caplog) -> None:
@@ -19,7 +21,8 @@ def test_unpriced_model_is_warned_about_once(caplog) -> None:
 
 
 def test_usage_fields_carry_only_what_the_answer_reported() -> None:
-    usage = Usage(model="gpt-4o-mini", input_tokens=10, output_tokens=5)
-    fields = usage_fields(usage, Cost(usd=0.000005, priced_as="openai/gpt-4o-mini", unknown_model=False))
+    call = CallRecord(route="unified", status=200, model="gpt-4o-mini", priced_as="openai/gpt-4o-mini",
+                      input_tokens=10, output_tokens=5, cost_usd=0.000005)
+    fields = usage_fields(call)
     assert fields == {"model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.000005}
-    assert usage_fields(Usage(), Cost(None, None, False)) == {}
+    assert usage_fields(CallRecord(route="unified", status=200)) == {}

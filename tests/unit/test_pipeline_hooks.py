@@ -8,6 +8,7 @@ import pytest
 
 from app.call.answer import Answer
 from app.call.context import RequestContext
+from app.config.compiled import compile_config
 from app.config.models import Target
 from app.pipeline.guardrail_stage import LeafHooks, leaf_hooks, run_after
 
@@ -39,7 +40,7 @@ def test_non_object_answers_are_left_alone_but_flagged() -> None:
 
 
 def test_shorthand_is_expanded_once_per_leaf() -> None:
-    leaf = Target(provider="openai", input_guardrails=({"default.notNull": {}},))
+    leaf = compile_config(Target(provider="openai", input_guardrails=({"default.notNull": {}},)))
     first, second = leaf_hooks(leaf), leaf_hooks(leaf)
     assert first is second and first is not None and first.before
     assert leaf_hooks(Target(provider="openai")) is None

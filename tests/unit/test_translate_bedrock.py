@@ -17,7 +17,7 @@ from app.errors import BadRequest
 from app.http.body import Body
 from app.pipeline.upstream import prepare
 from app.providers import aws
-from app.translate import ADAPTERS
+from app.providers.registry import get_provider
 from app.translate.base import CallFacts, NativeRequest, UpstreamBroke
 from app.translate.bedrock import CHAT, EMBED, model_path
 from tests.fakes import fake_bedrock
@@ -43,8 +43,8 @@ def chat(**body: Any) -> NativeRequest:
 
 
 def test_adapters_are_registered_under_the_names_exported() -> None:
-    assert ADAPTERS[("bedrock", "chatComplete")] == "app.translate.bedrock:CHAT"
-    assert ADAPTERS[("bedrock", "embed")] == "app.translate.bedrock:EMBED"
+    assert get_provider("bedrock").adapters["chatComplete"] == "app.translate.bedrock:CHAT"
+    assert get_provider("bedrock").adapters["embed"] == "app.translate.bedrock:EMBED"
 
 
 # --------------------------------------------------------------------------- chat requests

@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from app.errors import BadRequest
-from app.translate import ADAPTERS, _load
+from app.providers.registry import get_provider
+from app.translate import _load
 from app.translate.base import CallFacts, NativeRequest, UpstreamBroke
 from app.translate.call import StreamTransform
 from app.translate.errors import unified_error
@@ -55,10 +56,10 @@ def user(text: str) -> dict[str, Any]:
 def test_the_registry_names_these_adapters() -> None:
     from app.translate.vertex import CHAT as VERTEX_PUBLISHERS
 
-    assert _load(ADAPTERS[("google", "chatComplete")]) is GOOGLE_CHAT
-    assert _load(ADAPTERS[("google", "embed")]) is GOOGLE_EMBED
-    assert _load(ADAPTERS[("vertex-ai", "chatComplete")]) is VERTEX_PUBLISHERS  # Gemini, or Claude by model
-    assert _load(ADAPTERS[("vertex-ai", "embed")]) is VERTEX_EMBED
+    assert _load(get_provider("google").adapters["chatComplete"]) is GOOGLE_CHAT
+    assert _load(get_provider("google").adapters["embed"]) is GOOGLE_EMBED
+    assert _load(get_provider("vertex-ai").adapters["chatComplete"]) is VERTEX_PUBLISHERS  # Gemini, or Claude by model
+    assert _load(get_provider("vertex-ai").adapters["embed"]) is VERTEX_EMBED
 
 
 # --------------------------------------------------------------------------- chat requests

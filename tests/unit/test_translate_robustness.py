@@ -11,7 +11,8 @@ import pytest
 
 from app.call.answer import Answer
 from app.errors import BadRequest, UpstreamUnreachable
-from app.translate import ADAPTERS, OPENAI_CHAT, _load
+from app.providers.registry import PROVIDERS
+from app.translate import OPENAI_CHAT, _load
 from app.translate.base import CallFacts
 from app.translate.call import StreamTransform, Translator
 from app.translate.fronts import OpenAIFront, OpenAIStream
@@ -51,7 +52,7 @@ def odd_value(rng: random.Random, depth: int = 0, names: tuple[str, ...] = NAMES
     return {rng.choice(names): odd_value(rng, depth + 1, names, values) for _ in range(rng.randint(0, 6))}
 
 
-ADAPTER_NAMES = sorted(set(ADAPTERS.values()) | {OPENAI_CHAT})
+ADAPTER_NAMES = sorted({name for p in PROVIDERS.values() for name in p.adapters.values()} | {OPENAI_CHAT})
 
 
 @pytest.mark.parametrize("name", ADAPTER_NAMES)
