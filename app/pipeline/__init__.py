@@ -8,6 +8,7 @@ from app import redact
 from app.cache import ResponseCache, build_cache, cache_key
 from app.call.answer import Answer
 from app.call.context import RequestContext, ResolvedTarget
+from app.call.native import NativeRequest
 from app.http.body import Body
 from app.http.hosts import HostPolicy
 from app.http.sessions import SessionHolder
@@ -18,6 +19,7 @@ from app.observe import CallObserver
 from app.pipeline import auth, inbound, resolve, upstream
 from app.pipeline.leaf import LeafExtras, Outcome
 from app.pipeline.routing import Router
+from app.pipeline.upstream import UpstreamRequest
 from app.settings import Settings
 from app.usage import PricingTable
 
@@ -64,7 +66,7 @@ class Gateway:
         resolve.check_providers(ctx, self.settings)
         inbound.check_content_type(ctx, has_body=declared_length != 0)
         assert ctx.config is not None
-        router = Router(ctx, self.settings, self.send, self.extras)
+        router = Router(ctx, self.settings, self.send, self.extras, build=self.upstream_request)
         try:
             outcome = router.run(ctx.config)
         finally:
@@ -76,17 +78,22 @@ class Gateway:
             raise outcome.error
         return outcome
 
-    def send(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
-             forward: tuple[str, ...]) -> Answer:
-        """Make one upstream attempt with this worker's session and the custom-host policy."""
-        return upstream.send(ctx, target, body, timeout_ms, forward, self.sessions.get(), self.policy, self.settings)
+    def upstream_request(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None,
+                         forward: tuple[str, ...], native: NativeRequest | None) -> UpstreamRequest:
+        """Build a leaf's upstream request with this worker's session and the custom-host policy."""
+        return upstream.build(ctx, target, body, forward, native, self.sessions.get(), self.policy, self.settings)
 
-    def cache_key(self, ctx: RequestContext, target: ResolvedTarget, body: Body | None) -> str:
+    def send(self, ctx: RequestContext, target: ResolvedTarget, request: UpstreamRequest,
+             timeout_ms: int | None) -> Answer:
+        """Make one upstream attempt with this worker's session."""
+        return upstream.send(ctx, target, request, timeout_ms, self.sessions.get(), self.settings)
+
+    def cache_key(self, ctx: RequestContext, target: ResolvedTarget, request: UpstreamRequest) -> str:
         """Return the cache key of a leaf's call (docs/cache.md)."""
-        url, _ = upstream.upstream_url(ctx, target, self.policy)
+        body = request.body
         # The client's own body is parsed already (routing read it); a rewritten one is parsed by the key.
         parsed = ctx.body_json() if body is ctx.body else None
-        return cache_key(provider=target.provider.slug, url=url, method=ctx.method,
+        return cache_key(provider=target.provider.slug, url=request.url, method=ctx.method,
                          body=body.bytes() if body is not None else None,
                          content_type=ctx.headers.get("content-type"), credential=target.credential,
                          namespace=ctx.headers.get("x-portkey-cache-namespace"), parsed_json=parsed)

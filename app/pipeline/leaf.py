@@ -2,6 +2,9 @@
 
     guardrails -> translate -> cache -> retry -> the attempt (send, then translate the answer)
 
+`translate` ends by building the leaf's one UpstreamRequest (URL, pinned address, headers, body): the cache
+key reads it and every attempt sends it.
+
 A stage is a function `stage(env, call, rest) -> Outcome`: it may change the call on the way in, answer
 without calling `rest` (a denied request, a cache hit), call `rest` more than once (retries), and shape
 the outcome on the way back (after-request hooks, the cache store). The order lives in LEAF_STAGES only;
@@ -20,6 +23,7 @@ from typing import Protocol
 from app.cache import ResponseCache
 from app.call.answer import Answer
 from app.call.context import RequestContext, ResolvedTarget
+from app.call.native import NativeRequest
 from app.config.models import RetryPolicy, Target
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from app.guardrails import GuardrailHTTP
@@ -27,6 +31,7 @@ from app.http.body import Body
 from app.pipeline import cache_stage
 from app.pipeline.backoff import Retry
 from app.pipeline.guardrail_stage import LeafHooks, run_after, run_before
+from app.pipeline.upstream import UpstreamRequest
 from app.settings import Settings
 from app.translate.call import Translator
 
@@ -35,7 +40,9 @@ log = logging.getLogger(__name__)
 # GatewayError is the gateway's own (a bad custom host, an unsupported endpoint) and stops the chain.
 UPSTREAM_FAILURES = (UpstreamTimeout, UpstreamUnreachable)
 
-SendFn = Callable[[RequestContext, ResolvedTarget, "Body | None", "int | None", tuple[str, ...]], Answer]
+SendFn = Callable[[RequestContext, ResolvedTarget, UpstreamRequest, "int | None"], Answer]
+BuildFn = Callable[[RequestContext, ResolvedTarget, "Body | None", tuple[str, ...], "NativeRequest | None"],
+                   UpstreamRequest]
 
 
 @dataclass
@@ -73,7 +80,7 @@ class LeafExtras:
     """What leaves use besides the upstream: the response cache and the HTTP client of guardrail checks."""
 
     cache: ResponseCache | None = None
-    cache_key: Callable[[RequestContext, ResolvedTarget, Body | None], str] = lambda ctx, target, body: ""
+    cache_key: Callable[[RequestContext, ResolvedTarget, UpstreamRequest], str] = lambda ctx, target, request: ""
     hooks_http: GuardrailHTTP | None = None
 
 
@@ -90,6 +97,7 @@ class LeafCall:
     timeout_ms: int | None
     forward: tuple[str, ...]
     before_failed: bool = field(default=False)  # a before-request hook failed without denying
+    request: UpstreamRequest | None = None  # built by the translate stage, once the body is final
 
 
 class LeafEnv(Protocol):
@@ -99,6 +107,7 @@ class LeafEnv(Protocol):
     settings: Settings
     extras: LeafExtras
     send: SendFn
+    build: BuildFn
     sleep: Callable[[float], None]
     retries_made: int
 
@@ -131,10 +140,12 @@ def guardrails(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
 def translate(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
     """Put the body in the provider's own format (hooks saw, and may have changed, the unified one)."""
     ctx = env.ctx
-    ctx.native = None
+    native = None
     if call.translator is not None:
         call.body = call.translator.request(ctx.body_json() if call.body is ctx.body else _parsed(call.body))
-        ctx.native = call.translator.native
+        native = call.translator.native
+    ctx.native = native
+    call.request = env.build(ctx, call.target, call.body, call.forward, native)
     return rest(call)
 
 
@@ -144,7 +155,8 @@ def cache(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
     ctx.cache_status, cacheable = cache_stage.plan(ctx, policy)
     if not cacheable or store is None or policy is None:
         return rest(call)
-    key = env.extras.cache_key(ctx, call.target, call.body)
+    assert call.request is not None
+    key = env.extras.cache_key(ctx, call.target, call.request)
     hit = cache_stage.lookup(store, key) if ctx.cache_status == cache_stage.MISS else None
     if hit is not None:
         ctx.cache_status = cache_stage.HIT
@@ -179,8 +191,9 @@ def retry(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
 
 def attempt(env: LeafEnv, call: LeafCall) -> Outcome:
     """Make one upstream attempt; a transport failure becomes an outcome, to retry or fall back on."""
+    assert call.request is not None
     try:
-        answer = env.send(env.ctx, call.target, call.body, call.timeout_ms, call.forward)
+        answer = env.send(env.ctx, call.target, call.request, call.timeout_ms)
         if call.translator is not None:
             answer = call.translator.answer(answer)
         return Outcome(call.path, call.target, answer=answer)

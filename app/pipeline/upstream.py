@@ -8,6 +8,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -18,6 +19,7 @@ from requests.utils import requote_uri
 
 from app.call.answer import Answer, masked_error, read_chunk
 from app.call.context import PROXY, RequestContext, ResolvedTarget
+from app.call.native import NativeRequest
 from app.errors import BadRequest, InvalidCustomHost, UpstreamTimeout, UpstreamUnreachable
 from app.http.body import Body
 from app.http.deadline import Deadline
@@ -33,7 +35,37 @@ CHUNK = 64 * 1024
 _VERSION_SEGMENT = re.compile(r"/v\d+$")  # a base URL's trailing API version: /v1
 
 
-def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy) -> tuple[str, PinnedHost | None]:
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """One leaf's request to its provider, built once: the cache key reads it and every attempt sends it."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]  # all but the provider's auth, which each attempt applies last
+    body: Body | None
+    pinned: PinnedHost | None  # the checked address to connect to (None: by name, or through a proxy)
+    client_sent_length: bool  # the client sent a Content-Length (an empty body is then sent as one)
+    translated: bool  # the body is in the provider's own format, built by the gateway
+
+    def prepared(self) -> requests.PreparedRequest:
+        """Return a new prepared request for one attempt (auth and pinning change it; a spooled body rewinds)."""
+        return prepare(self.method, self.url, dict(self.headers), self.body, self.client_sent_length)
+
+
+def build(ctx: RequestContext, target: ResolvedTarget, body: Body | None, forward: tuple[str, ...],
+          native: NativeRequest | None, session: requests.Session, policy: HostPolicy,
+          settings: Settings) -> UpstreamRequest:
+    """Return a leaf's upstream request: the checked URL, its pinned address, the headers and the body."""
+    url, pinned = upstream_url(ctx, target, policy, native)
+    if pinned is not None and not target.custom_host and _through_proxy(session, url):
+        pinned = None  # the proxy makes the connection to the provider's own host: there is no socket to pin
+    headers = upstream_headers(ctx, target, forward, settings, native)
+    return UpstreamRequest(ctx.method, url, headers, body, pinned, "content-length" in ctx.headers,
+                           native is not None)
+
+
+def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy,
+                 native: NativeRequest | None = None) -> tuple[str, PinnedHost | None]:
     """Return the upstream URL of this call and the checked host to connect to (None: connect by name)."""
     if target.custom_host:
         base = policy.check(target.custom_host).base_url
@@ -43,11 +75,11 @@ def upstream_url(ctx: RequestContext, target: ResolvedTarget, policy: HostPolicy
     query = ctx.query
     if ctx.route == PROXY:
         path = ctx.rest
-    elif ctx.native is not None:
+    elif native is not None:
         # A translated call goes to the native path, with the native query only.
-        path, _, query = ctx.native.path.partition("?")
+        path, _, query = native.path.partition("?")
         path, extra = target.provider.unified_path(path, target.options)
-        if ctx.native.from_root:
+        if native.from_root:
             # The native path names its own API version (Cohere's /v2/chat): it replaces the base's last version
             # segment, and a custom host's path prefix stays, as on the proxy (docs/providers.md).
             base = _VERSION_SEGMENT.sub("", base.rstrip("/"))
@@ -82,12 +114,12 @@ def checked_host(url: str, policy: HostPolicy, provider_host: bool) -> PinnedHos
 
 
 def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple[str, ...],
-                     settings: Settings) -> dict[str, str]:
+                     settings: Settings, native: NativeRequest | None = None) -> dict[str, str]:
     """Return the headers sent upstream: the route's policy, the forward list, then the provider's own."""
     if ctx.route == PROXY:
         headers = proxy_headers(ctx.header_items, settings.proxy_drop)
-    elif ctx.native is not None:
-        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **ctx.native.headers}
+    elif native is not None:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **native.headers}
     else:
         headers = {}
         if ctx.headers.get("content-type"):
@@ -97,21 +129,17 @@ def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple
     return headers
 
 
-def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout_ms: int | None,
-         forward: tuple[str, ...], session: requests.Session, policy: HostPolicy, settings: Settings) -> Answer:
+def send(ctx: RequestContext, target: ResolvedTarget, request: UpstreamRequest, timeout_ms: int | None,
+         session: requests.Session, settings: Settings) -> Answer:
     """Make one attempt; a 2xx answer must deliver its first chunk too (so a dead stream can still fall back)."""
-    url, pinned = upstream_url(ctx, target, policy)
-    if pinned is not None and not target.custom_host and _through_proxy(session, url):
-        pinned = None  # the proxy makes the connection to the provider's own host: there is no socket to pin
-    headers = upstream_headers(ctx, target, forward, settings)
-    prepared = prepare(ctx.method, url, headers, body, "content-length" in ctx.headers)
+    prepared = request.prepared()
     # Authenticated last, once URL, headers and body are final: SigV4 signs exactly what is sent.
     target.provider.auth_for(target.credential, target.options)(prepared)
     sent = time.perf_counter()
     if ctx.upstream_sent is None:
         ctx.upstream_sent = sent
     try:
-        response = dispatch(session, prepared, pinned, _timeouts(timeout_ms, settings), timeout_ms)
+        response = dispatch(session, prepared, request.pinned, _timeouts(timeout_ms, settings), timeout_ms)
     finally:
         ctx.upstream_ms = (time.perf_counter() - sent) * 1000
     if timeout_ms is not None:
@@ -119,7 +147,7 @@ def send(ctx: RequestContext, target: ResolvedTarget, body: Body | None, timeout
         _set_read_timeout(response, settings.read_timeout_s)
     if not 200 <= response.status_code < 300:
         # An error may quote the credential it was sent: masked before anyone reads it (docs/security.md).
-        return masked_error(Answer.from_response(response), call_secrets(ctx.headers, target), ctx.native is not None)
+        return masked_error(Answer.from_response(response), call_secrets(ctx.headers, target), request.translated)
     try:
         return Answer.from_response(response, read_chunk(response))
     except UpstreamUnreachable:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 import responses
@@ -77,3 +77,40 @@ def test_retry_state_is_a_value_and_the_minus_one_is_computed() -> None:
     assert after.give_up().reported == -1
     assert Retry(RetryPolicy(attempts=0), 0, 0.0).give_up().reported == 0  # no retries configured: 0, not -1
     assert state.wants(503) and not state.wants(200)
+
+
+def test_a_leaf_builds_its_upstream_request_once_for_the_cache_key_and_every_attempt(client: FlaskClient,
+                                                                                      monkeypatch) -> None:
+    from app.pipeline import upstream
+
+    built: list[upstream.UpstreamRequest] = []
+    sent: list[upstream.UpstreamRequest] = []
+    keyed: list[upstream.UpstreamRequest] = []
+    real_build, real_send = upstream.build, upstream.send
+    gateway = client.application.extensions["portico"]
+    real_key = gateway.cache_key
+
+    def build(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    def send(ctx, target, request, *rest):
+        sent.append(request)
+        return real_send(ctx, target, request, *rest)
+
+    def key(ctx, target, request):
+        keyed.append(request)
+        return real_key(ctx, target, request)
+
+    monkeypatch.setattr(upstream, "build", build)
+    monkeypatch.setattr(upstream, "send", send)
+    monkeypatch.setattr(gateway, "extras", replace(gateway.extras, cache_key=key))
+    with responses.RequestsMock() as mock:
+        mock.post(f"{A}/rerank", json={}, status=503)
+        mock.post(f"{A}/rerank", json={}, status=503)
+        mock.post(f"{A}/rerank", json={"results": []}, status=200)
+        res = call(client, {"provider": "cohere", "custom_host": A, "retry": {"attempts": 2},
+                            "cache": {"mode": "simple"}})
+    assert res.status_code == 200
+    assert len(built) == 1 and built[0].url == f"{A}/rerank"
+    assert sent == built * 3 and keyed == built
