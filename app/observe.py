@@ -61,10 +61,16 @@ class CallObserver:
         inflight.begin(ctx, lambda: self._cut(ctx))  # a shutdown records it if it is cut
 
     def tap(self, ctx: RequestContext, answer: Answer) -> Callable[[bytes], None] | None:
-        """Return the usage tap that reads a copy of the answer's chunks as they are relayed."""
+        """Return the usage tap that reads a copy of the answer's chunks as they are relayed, if it needs one.
+
+        A translated answer carries its usage as data (the translator's report, read at the end): only an
+        answer relayed as the provider sent it (or rebuilt by hooks) has its bytes read.
+        """
         if ctx.cache_status == "HIT":
             return None  # a cached answer used no provider tokens and cost nothing
-
+        if answer.usage is not None:
+            ctx.usage = answer.usage
+            return None
         # The request's model is only a fallback for answers that name none: read it at the end, if needed.
         tap = UsageTap(answer.header("content-type"), answer.header("content-encoding"))
         ctx.usage = tap
@@ -117,7 +123,7 @@ class CallObserver:
 
     def _usage_and_cost(self, ctx: RequestContext) -> tuple[Usage, Cost]:
         """Return what the answer used (the request's model when the answer named none) and its cost."""
-        usage: Usage = ctx.usage.result() if isinstance(ctx.usage, UsageTap) else Usage()
+        usage = ctx.usage.result() if ctx.usage is not None else Usage()
         if usage.model is None and not usage.is_empty():
             usage = replace(usage, model=request_model(ctx))
         if ctx.cache_status == "HIT":

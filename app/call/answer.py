@@ -19,6 +19,7 @@ from app.http.failures import cause_of
 from app.http.headers import response_headers
 from app.redact import MAX_MASKED_BODY, Secrets, textual
 from app.usage.inflate import InflatedTooLarge, UnsupportedEncoding, encoding_of, inflate
+from app.usage.model import UsageSource
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
@@ -54,6 +55,7 @@ class Answer:
     response: requests.Response | None = field(default=None, repr=False)
     transform: BodyTransform | None = field(default=None, repr=False)
     source: str = field(default="", repr=False)  # the upstream host that answered ("": a cached answer)
+    usage: UsageSource | None = field(default=None, repr=False)  # a translator's report; None: the byte tap reads it
     _ended: bool = field(default=False, repr=False)
 
     @classmethod

@@ -13,7 +13,7 @@ from app.call.native import NativeRequest
 from app.config.models import Target as ConfigTarget
 from app.http.body import Body
 from app.providers.registry import Provider
-from app.usage.tap import UsageTap
+from app.usage.model import UsageSource
 
 _UNSET: Any = object()
 PROXY = "proxy"
@@ -69,7 +69,7 @@ class RequestContext:
     cache_status: str = "DISABLED"
     upstream_sent: float | None = None
     fell_back: bool = False
-    usage: UsageTap | None = None  # reads the relayed answer's token counts (set when the answer starts)
+    usage: UsageSource | None = None  # the answer's usage: the byte tap, or a translator's report (set as it starts)
     hook_results: dict[str, Any] = field(default_factory=dict)
     native: NativeRequest | None = None  # the current leaf's translated request; None when relayed as is
     _body_json: Any = field(default=_UNSET, repr=False)

@@ -17,6 +17,8 @@ from app.translate.base import CallFacts, ChunkParser, NativeRequest, UpstreamBr
 from app.translate.errors import unified_error
 from app.translate.fronts import Front, StreamWriter, dumps, refuse_lone_surrogates
 from app.usage.inflate import Inflater, UnsupportedEncoding, encoding_of
+from app.usage.model import Usage
+from app.usage.report import UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +55,21 @@ class Translator:
         return Body(dumps(self.native.body))
 
     def answer(self, answer: Answer) -> Answer:
-        """Return the answer in the client's format: an error body, a translated stream, or a whole body."""
+        """Return the answer in the client's format: an error body, a translated stream, or a whole body.
+
+        The answer carries its usage as data (`Answer.usage`), read from what it tells the client: the byte
+        tap is not needed for it (docs/observability.md).
+        """
         headers = [(k, v) for k, v in answer.headers if k.lower() not in _DROPPED]
         if not 200 <= answer.status < 300:
             raw = self._whole(answer, MAX_ERROR_BYTES, MAX_ERROR_BYTES)
             error = unified_error(self.facts.provider, answer.status, raw, answer.header("x-amzn-errortype"))
-            return Answer.whole(answer.status, dumps(self.front.error(error)), headers + [_JSON], answer.reason)
+            return _reported(answer.status, self.front.error(error), headers, answer.reason)
         if self.facts.stream and _is_stream(answer.header("content-type")):
             transform = StreamTransform(self.adapter.stream(self.facts), self.front.stream(self.facts),
                                         self.facts.provider, answer.header("content-encoding"), answer.source)
             stream = Answer(answer.status, answer.reason, headers + _SSE, b"", answer.response, transform,
-                            source=answer.source)
+                            source=answer.source, usage=transform)
             stream.first_chunk = first_output(stream, transform, answer.first_chunk)
             return stream
         raw = self._whole(answer, MAX_ANSWER_BYTES, MAX_INFLATED_BYTES)
@@ -80,7 +86,7 @@ class Translator:
             log.exception("could not translate the %s answer", self.facts.provider)
             raise UpstreamUnreachable(f"{self.facts.provider} answered {answer.status} with a body that could not "
                                       "be translated") from None
-        return Answer.whole(answer.status, dumps(translated), headers + [_JSON], answer.reason)
+        return _reported(answer.status, translated, headers, answer.reason)
 
     def _whole(self, answer: Answer, limit: int, inflated_limit: int) -> bytes:
         if not answer.read_all(limit):
@@ -88,6 +94,13 @@ class Translator:
             raise UpstreamUnreachable(f"{self.facts.provider} answered with more than {limit >> 20} MiB; "
                                       "too large to translate")
         return answer.decoded_body(inflated_limit)
+
+
+def _reported(status: int, body: dict[str, Any], headers: list[tuple[str, str]], reason: str) -> Answer:
+    """Return a whole translated answer carrying the usage its body reports."""
+    answer = Answer.whole(status, dumps(body), headers + [_JSON], reason)
+    answer.usage = UsageReport.of(body)
+    return answer
 
 
 def first_output(stream: Answer, transform: StreamTransform, first_chunk: bytes) -> bytes:
@@ -123,6 +136,10 @@ class StreamTransform:
             self.encoding = None  # br, zstd: not undone here, read as they are (and found unreadable)
         self.inflater = Inflater(self.encoding, MAX_ANSWER_BYTES) if self.encoding else None
         self._pieces: Iterator[bytes] = iter(())
+
+    def result(self) -> Usage:
+        """Return the usage the stream has told the client so far (all of it once the stream ended)."""
+        return self.writer.report.result()
 
     def feed(self, data: bytes) -> bytes:
         """Return the client's bytes for these upstream bytes (b"" while an event is still incomplete)."""

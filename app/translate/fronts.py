@@ -12,13 +12,16 @@ from app.errors import BadRequest
 from app.jsonwire import compact, compact_bytes
 from app.translate.base import CallFacts
 from app.translate.sse import data_event
+from app.usage.report import UsageReport
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class StreamWriter(Protocol):
-    """Writes unified chunks in the client's stream format."""
+    """Writes unified chunks in the client's stream format, and reports the usage its events tell the client."""
+
+    report: UsageReport  # fed each event object that carries usage or a model, as it is written
 
     def write(self, chunks: list[dict[str, Any]]) -> bytes:
         """Return the bytes of these chunks."""
@@ -58,8 +61,13 @@ class Front(Protocol):
 class OpenAIStream:
     """Unified chunks as OpenAI's stream: one `data:` event each, `[DONE]` at the end."""
 
+    def __init__(self) -> None:
+        self.report = UsageReport()
+
     def write(self, chunks: list[dict[str, Any]]) -> bytes:
         """Return one data event per chunk."""
+        for chunk in chunks:
+            self.report.event(chunk)
         return b"".join(data_event(chunk) for chunk in chunks)
 
     def error(self, error: dict[str, Any]) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 from app.translate import messages_answer as answer
 from app.translate.base import CallFacts
 from app.translate.sse import named_event
+from app.usage.report import UsageReport
 
 _TEXT = "text"
 _TOOL = "tool_use"
@@ -26,6 +27,7 @@ class MessagesStream:
         self.finish: tuple[str, str | None] | None = None
         self.usage: dict[str, Any] | None = None
         self.delta_sent = False
+        self.report = UsageReport()  # message_start and message_delta carry the usage the client reads
 
     def write(self, chunks: list[dict[str, Any]]) -> bytes:
         """Return the events of these unified chunks."""
@@ -64,7 +66,7 @@ class MessagesStream:
             "id": answer.message_id(chunk.get("id"), self.facts), "type": "message", "role": "assistant",
             "model": chunk.get("model") or self.facts.model or "", "content": [], "stop_reason": None,
             "stop_sequence": None, "usage": usage}
-        return named_event("message_start", {"type": "message_start", "message": message})
+        return self._reported("message_start", {"type": "message_start", "message": message})
 
     def _choice(self, choice: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
@@ -128,6 +130,11 @@ class MessagesStream:
         self.delta_sent = True
         reason, sequence = self.finish or ("end_turn", None)
         usage = answer.usage(self.usage) if self.usage is not None else {"output_tokens": 0}
-        return named_event("message_delta", {"type": "message_delta",
-                                             "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                             "usage": usage})
+        return self._reported("message_delta", {"type": "message_delta",
+                                                "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                                                "usage": usage})
+
+    def _reported(self, name: str, payload: dict[str, Any]) -> bytes:
+        """Return an event that carries usage, its object reported first."""
+        self.report.event(payload)
+        return named_event(name, payload)

@@ -29,8 +29,8 @@ from app.usage.model import Usage
 
 # Objects nest usage one or two levels down (message_start.message, response.completed.response,
 # message-end.delta); anything deeper is not usage.
-_MAX_DEPTH = 2
-_NESTED_KEYS = ("message", "response", "delta", "metadata")
+MAX_DEPTH = 2
+NESTED_KEYS = ("message", "response", "delta", "metadata")
 # A JSON-array stream (Gemini without alt=sse) is a list of chunks; a longer list is not a stream of
 # answer chunks, and walking it would cost time for nothing.
 _MAX_LIST_ITEMS = 10_000
@@ -94,7 +94,7 @@ class UsageAccumulator:
                 for item in obj[:_MAX_LIST_ITEMS]:
                     self.absorb(item, 1)
             return
-        if not isinstance(obj, dict) or depth > _MAX_DEPTH:
+        if not isinstance(obj, dict) or depth > MAX_DEPTH:
             return
         # The outermost model of an object wins: a nested one (say in user metadata) must not replace it.
         if take_model and self._take_model(obj):
@@ -103,7 +103,7 @@ class UsageAccumulator:
         if depth == 0:
             self._take_images(obj)
             self._take_duration(obj)
-        for key in _NESTED_KEYS:
+        for key in NESTED_KEYS:
             inner = obj.get(key)
             if isinstance(inner, dict):
                 self.absorb(inner, depth + 1, take_model)
@@ -180,7 +180,8 @@ class UsageAccumulator:
         total = _first_count(usage, "total_tokens", "totalTokens")
         # Anthropic-style fields are reported beside the prompt, unless the answer says otherwise: an
         # OpenAI-style cached_tokens detail, or a total that already equals prompt + completion, means
-        # a translator has folded them into the prompt count.
+        # a translator has folded them into the prompt count. The gateway's own translated answers are
+        # read so too (app/usage/report.py), and so are another gateway's relayed through this one.
         folded = cached_part is not None or (
             total is not None and prompt is not None and completion is not None
             and total == prompt + completion and bool(read_beside or write_beside))

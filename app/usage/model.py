@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +36,11 @@ class Usage:
         return (self.input_tokens is None and self.output_tokens is None and self.cache_read_tokens is None
                 and self.cache_write_tokens is None and self.search_units is None and self.images is None
                 and self.audio_seconds is None)
+
+
+class UsageSource(Protocol):
+    """Reports what one answer used once its body ended or was cut: the byte tap, or a translator's report."""
+
+    def result(self) -> Usage:
+        """Return the usage found so far; never raises."""
+        ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from tests.conftest import GATEWAY_KEY, PROVIDER_SECRET
 from tests.fakes.provider import FakeProvider
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import Gateway, gateway_toml
+from tests.integration.test_robustness import wait_for_line
 
 CHAT = {"model": "gpt-x", "messages": [{"role": "user", "content": "Tell me about the weather in Paris"}]}
 
@@ -36,9 +36,7 @@ def test_second_identical_call_is_a_hit(gateway: Gateway, fake_provider: FakePro
     assert second.json() == first.json()
     assert second.headers["Content-Type"] == first.headers["Content-Type"]
     assert len(fake_provider.requests) == 1
-    time.sleep(0.5)  # access lines are flushed every 0.25 s
-    lines = [json.loads(x) for x in gateway.stdout.read_text().splitlines() if x.startswith("{")]
-    hit = next(x for x in lines if x["trace_id"] == second.headers["x-portkey-trace-id"])
+    hit = wait_for_line(gateway, second.headers["x-portkey-trace-id"])  # access lines are flushed every 0.25 s
     assert hit["cost_usd"] == 0.0 and "input_tokens" not in hit  # a cached answer used no provider tokens
 
 

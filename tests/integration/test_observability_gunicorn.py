@@ -119,7 +119,7 @@ def test_secrets_never_reach_the_request_log(gateway: Gateway, fake_provider: Fa
         assert secret not in dump
 
 
-@pytest.mark.parametrize("stop_mid_load", [False, True])
+@pytest.mark.parametrize("stop_mid_load", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_every_answered_request_is_in_the_store(fake: FakeProvider, stop_mid_load: bool) -> None:
     """4 workers; 10,000 calls from 8 threads (or SIGTERM after some): rows == answered calls, no duplicates."""
     fake.reset()

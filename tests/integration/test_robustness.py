@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,15 @@ def test_secrets_never_reach_logs(gateway: Gateway, fake_provider: FakeProvider)
         ("POST", "/v1/rerank", {"x-portkey-api-key": GATEWAY_KEY + "x", "Authorization": f"Bearer {PROVIDER_SECRET}"}),
         ("POST", "/v1/rerank", {**via(fake_provider), "x-portkey-custom-host": f"http://u:{PROVIDER_SECRET}@10.0.0.1"}),
     ]
-    for method, path, headers in calls:
+    traces = [f"secrets-{uuid.uuid4()}" for _ in calls]
+    for (method, path, headers), trace in zip(calls, traces, strict=True):
         try:
-            requests.request(method, gateway.url + path + f"?key={PROVIDER_SECRET}", headers=headers, json={})
+            requests.request(method, gateway.url + path + f"?key={PROVIDER_SECRET}", json={},
+                             headers={**headers, "x-portkey-trace-id": trace})
         except requests.RequestException:
             pass  # the reset call cuts the connection; that is what it tests
-    time.sleep(0.3)
+    for trace in traces:  # every call's line is out, so the absence checks below look at what was written
+        wait_for_line(gateway, trace)
     logs = gateway.logs()
     for secret in (PROVIDER_SECRET, GATEWAY_KEY, "co-catalog-secret-123", "sk-catalog-openai-secret"):
         assert secret not in logs

@@ -297,9 +297,11 @@ def test_target_count_limit_counts_the_whole_tree() -> None:
 
 
 def test_huge_target_list_is_refused_fast() -> None:
+    # A bound on a hang, not a speed target: refused at the first node it takes about 10 ms, while walking
+    # the million nodes takes seconds and parsing them minutes. The parse's speed is a figure in bench/.
     started = time.perf_counter()
     errors_of({"targets": [{"provider": "x"}] * 1_000_000})
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 0.5
 
 
 # ---------------------------------------------------------------------------- models
@@ -419,16 +421,6 @@ def test_parsing_does_not_mutate_the_input() -> None:
     snapshot = repr(config)
     parse_config(config)
     assert repr(config) == snapshot
-
-
-def test_typical_config_parses_well_under_a_millisecond() -> None:
-    runs, batches = 100, []
-    for _ in range(3):  # best of three batches, so a busy machine does not fail the test
-        started = time.perf_counter()
-        for _ in range(runs):
-            parse_config(THREE_TARGETS)
-        batches.append((time.perf_counter() - started) / runs)
-    assert min(batches) < 0.001
 
 
 def test_error_list_is_capped() -> None:
