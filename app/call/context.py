@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from app.call.native import NativeRequest
 from app.config.models import Target as ConfigTarget
 from app.http.body import Body
 from app.providers.registry import Provider
@@ -71,7 +70,6 @@ class RequestContext:
     fell_back: bool = False
     usage: UsageSource | None = None  # the answer's usage: the byte tap, or a translator's report (set as it starts)
     hook_results: dict[str, Any] = field(default_factory=dict)
-    native: NativeRequest | None = None  # the current leaf's translated request; None when relayed as is
     _body_json: Any = field(default=_UNSET, repr=False)
 
     @property

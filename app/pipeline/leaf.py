@@ -144,7 +144,6 @@ def translate(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
     if call.translator is not None:
         call.body = call.translator.request(ctx.body_json() if call.body is ctx.body else _parsed(call.body))
         native = call.translator.native
-    ctx.native = native
     call.request = env.build(ctx, call.target, call.body, call.forward, native)
     return rest(call)
 
