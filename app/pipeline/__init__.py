@@ -66,7 +66,7 @@ class Gateway:
         resolve.check_providers(ctx, self.settings)
         inbound.check_content_type(ctx, has_body=declared_length != 0)
         assert ctx.config is not None
-        router = Router(ctx, self.settings, self.send, self.extras, build=self.upstream_request)
+        router = Router(ctx, self.settings, self.upstream_request, self.send, self.extras)
         try:
             outcome = router.run(ctx.config)
         finally:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from app.call.context import UNIFIED, RequestContext, ResolvedTarget
-from app.config.compiled import CompiledTarget, compile_config, inherit
+from app.config.compiled import CompiledTarget, compile_config
 from app.config.models import Target
 from app.config.schema import parse_config
 from app.errors import BadRequest
@@ -33,7 +33,7 @@ def load_config(ctx: RequestContext, settings: Settings) -> None:
         text = raw_config.strip()
         saved = settings.configs.get(text)
         if isinstance(saved, Target):
-            ctx.config = compile_config(saved)  # compiled when the gateway file was loaded: returned as is
+            ctx.config = saved  # compiled when the gateway file was loaded
             ctx.held_config = f"saved config {text[:64]!r}"
         else:
             ctx.config = parse_config_text(text)
@@ -228,16 +228,6 @@ def client_credential(headers: Mapping[str, str]) -> str | None:
         scheme, _, rest = auth.strip().partition(" ")
         return rest.strip() if scheme.lower() == "bearer" and rest else auth.strip()
     return headers.get("x-api-key") or None
-
-
-def merged(parent: Target, child: Target) -> Target:
-    """Return the child with what it inherits from its parent filled in (docs/configs.md, Routing).
-
-    A compiled child (every config the pipeline loads) holds that already and comes back as it is.
-    """
-    if isinstance(child, CompiledTarget):
-        return child
-    return inherit(parent, child)
 
 
 def held_secrets(settings: Settings) -> Secrets:

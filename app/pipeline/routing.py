@@ -20,7 +20,6 @@ from app.pipeline.conditions import pick_conditional
 from app.pipeline.guardrail_stage import leaf_hooks
 from app.pipeline.leaf import BuildFn, LeafCall, LeafExtras, Outcome, SendFn, run_leaf
 from app.pipeline.resolve import leaf_body, resolve_leaf
-from app.pipeline.upstream import UpstreamRequest
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,13 +29,13 @@ _RNG = random.Random()  # one per process: seeding a new one per call costs more
 class Router:
     """Walks one call's config tree: picks targets by strategy, retries leaves, falls back in order."""
 
-    def __init__(self, ctx: RequestContext, settings: Settings, send: SendFn, extras: LeafExtras | None = None,
-                 rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep,
-                 build: BuildFn | None = None) -> None:
+    def __init__(self, ctx: RequestContext, settings: Settings, build: BuildFn, send: SendFn,
+                 extras: LeafExtras | None = None, rng: random.Random | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.ctx = ctx
         self.settings = settings
+        self.build = build
         self.send = send
-        self.build = build or _no_build
         self.extras = extras or LeafExtras()
         self.rng = rng or _RNG
         self.sleep = sleep
@@ -95,10 +94,6 @@ class Router:
         call = LeafCall(leaf, target, path, body, leaf_hooks(leaf), translator, ctx.timeout_ms or leaf.request_timeout,
                         forward)
         return run_leaf(self, call)
-
-
-def _no_build(*_args: object) -> UpstreamRequest:
-    raise RuntimeError("this Router was made without a way to build upstream requests")
 
 
 def moves_on(outcome: Outcome, strategy: Strategy) -> bool:

@@ -145,7 +145,8 @@ class PolledRelay:
             tail = transform.finish() if transform is not None else b""
             return self._end(out + tail, reusable=self.framing.exact)
         if out:
-            self._send(self.relay.deliver(out))
+            self._queue(self.relay.deliver(out))
+            self._flush()
         return not self.over
 
     def _read(self) -> bytes | None:
@@ -181,12 +182,9 @@ class PolledRelay:
 
     # The client side.
 
-    def _send(self, chunk: bytes) -> None:
-        """Queue a piece for the client (as a chunk when the answer is chunked) and write what its socket takes."""
-        if not chunk:
-            return
+    def _queue(self, chunk: bytes) -> None:
+        """Queue a piece for the client, as a chunk when the answer is chunked."""
         self.out += b"%X\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk
-        self._flush()
 
     def _flush(self) -> bool:
         """Write queued bytes; return True once none are left (False: waiting on the client, or it is gone)."""
@@ -234,8 +232,7 @@ class PolledRelay:
         self.relay.finished = True
         self._release(reusable)
         if last:
-            self.relay.deliver(last)
-            self.out += b"%X\r\n%b\r\n" % (len(last), last) if self.chunked else last
+            self._queue(self.relay.deliver(last))
         if self.chunked:
             self.out += b"0\r\n\r\n"
         self.ending = True

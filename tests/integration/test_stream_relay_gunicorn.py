@@ -8,7 +8,6 @@ back to its pool, and breaks, silence and slow clients end a stream as they did 
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import threading
 import time
@@ -20,11 +19,11 @@ import requests
 
 from tests.conftest import GATEWAY_KEY
 from tests.fakes.provider import FakeProvider
-from tests.integration.conftest import ADMIN_KEY, Gateway, gateway_toml
+from tests.integration.conftest import Gateway, gateway_toml
 from tests.integration.test_proxy_gunicorn import via
+from tests.integration.test_stream_accounting_gunicorn import logged
+from tests.integration.test_worker_fairness import CHAT, first_event
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-CHAT = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 
 
@@ -128,37 +127,6 @@ def raw_headers(upstream: RawUpstream, trace_id: str) -> dict[str, str]:
 def stream(gateway: Gateway, headers: dict[str, str], timeout: float = 10) -> requests.Response:
     return requests.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers, stream=True,
                          timeout=timeout)
-
-
-def logged(gateway: Gateway, trace_id: str, timeout: float = 8.0) -> dict:
-    """Return the request-log row of a trace id once the background writer has it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = requests.get(f"{gateway.url}/admin/logs", params={"trace_id": trace_id}, headers=ADMIN,
-                            timeout=5).json()["logs"]
-        if rows:
-            return rows[0]
-        time.sleep(0.1)
-    raise AssertionError(f"{trace_id} never reached the request log")
-
-
-def first_event(gateway: Gateway, headers: dict[str, str]) -> socket.socket:
-    """Start a streamed call on a raw socket; return it once its first event is here (within 2 s)."""
-    body = json.dumps(CHAT).encode()
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=2)
-    sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n{head}\r\n").encode() + body)
-    received = b""
-    try:
-        while b"data: " not in received:
-            data = sock.recv(65536)
-            assert data, received[-300:]
-            received += data
-    except TimeoutError:
-        sock.close()
-        raise AssertionError("no first event within 2 s: the stream waited for a thread") from None
-    return sock
 
 
 def read_to_end(sock: socket.socket) -> bytes:

@@ -36,6 +36,11 @@ def open_stream(gateway: Gateway, fake: FakeProvider) -> socket.socket:
     """Start a slow streamed call on its own connection; return the socket once its first event is here."""
     headers = via(fake, "openai", **{"x-fake-events": str(EVENTS), "x-fake-event-interval-ms": str(INTERVAL_MS),
                                      "x-portkey-forward-headers": "x-fake-events, x-fake-event-interval-ms"})
+    return first_event(gateway, headers)
+
+
+def first_event(gateway: Gateway, headers: dict[str, str]) -> socket.socket:
+    """Send a streamed chat call on a raw socket; return the socket once its first event is here (within 2 s)."""
     body = json.dumps(CHAT).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=2)
@@ -49,7 +54,7 @@ def open_stream(gateway: Gateway, fake: FakeProvider) -> socket.socket:
             received += data
     except TimeoutError:
         sock.close()
-        raise AssertionError("a stream got no first event within 2 s though a worker had a free thread") from None
+        raise AssertionError("a stream got no first event within 2 s: it waited for a thread") from None
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
     return sock
 

@@ -16,7 +16,7 @@ from app.config.models import CachePolicy, RetryPolicy, Target
 from app.config.schema import parse_config
 from app.guardrails import expand_hooks, shorthand
 from app.pipeline.guardrail_stage import leaf_hooks
-from app.pipeline.resolve import merged, parse_config_text
+from app.pipeline.resolve import parse_config_text
 from app.settings import load_settings
 from tests.conftest import PROVIDER_SECRET, gw_headers
 
@@ -89,18 +89,17 @@ def test_merged_leaves_equal_the_per_call_merge() -> None:
     text = json.dumps(NESTED)
     expected = dict(walk(parse_config(NESTED), Target(), "config", per_call_merge))
     compiled = parse_config_text(text)
-    # As the router walks it (merging at each node), and as it is stored: the same nodes either way.
-    routed = dict(walk(compiled, Target(), "config", merged))
+    # As it is stored, which is how the router walks it now: no merge per call.
     stored = dict(walk(compiled, Target(), "config", lambda parent, node: node))
-    assert routed.keys() == stored.keys() == expected.keys() and len(expected) == 7
+    assert stored.keys() == expected.keys() and len(expected) == 7
     for path, reference in expected.items():
-        assert own_fields(routed[path]) == own_fields(stored[path]) == own_fields(reference), path
+        assert own_fields(stored[path]) == own_fields(reference), path
         if reference.is_leaf:
             before, after = expand_hooks(reference.before_request_hooks, reference.after_request_hooks,
                                          reference.input_guardrails, reference.output_guardrails)
-            hooks = leaf_hooks(routed[path])
+            hooks = leaf_hooks(stored[path])
             assert hooks is not None and (hooks.before, hooks.after) == (before, after), path
-    leaf = routed["config.targets[1].targets[1]"]
+    leaf = stored["config.targets[1].targets[1]"]
     assert leaf.cache == CachePolicy(mode="simple", max_age=60) and leaf.forward_headers == ("x-other",)
     assert leaf.retry == RetryPolicy(attempts=2, on_status_codes=(503,))
 

@@ -12,8 +12,8 @@ import responses
 from flask.testing import FlaskClient
 from responses.registries import OrderedRegistry
 
+from app.config.compiled import inherit
 from app.config.models import Strategy, Target
-from app.pipeline.resolve import merged
 from app.pipeline.routing import Router
 from tests.conftest import PROVIDER_SECRET, gw_headers
 
@@ -211,7 +211,7 @@ def test_body_model_names_a_catalog_entry(client: FlaskClient, script) -> None:
 def test_loadbalance_follows_the_weights() -> None:
     """Chi-square over 6000 seeded picks: weights 1:2:3, and weight 0 is never picked."""
     children = tuple(Target(provider="openai", weight=w) for w in (1, 2, 3, 0))
-    router = Router(ctx=None, settings=None, send=None, rng=random.Random(7))  # type: ignore[arg-type]
+    router = Router(ctx=None, settings=None, build=None, send=None, rng=random.Random(7))  # type: ignore[arg-type]
     counts = Counter(router._weighted(children) for _ in range(6000))
     assert counts[3] == 0
     expected = {0: 1000, 1: 2000, 2: 3000}
@@ -222,7 +222,7 @@ def test_loadbalance_follows_the_weights() -> None:
 def test_inheritance() -> None:
     parent = Target(override_params={"a": 1, "b": 1}, request_timeout=500, custom_host="https://p",
                     forward_headers=("x-a",), strategy=Strategy(mode="fallback"))
-    child = merged(parent, Target(provider="openai", override_params={"b": 2}, custom_host="https://c"))
+    child = inherit(parent, Target(provider="openai", override_params={"b": 2}, custom_host="https://c"))
     assert child.override_params == {"a": 1, "b": 2}
     assert child.request_timeout == 500 and child.forward_headers == ("x-a",)
     assert child.custom_host == "https://c"
