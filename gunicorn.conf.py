@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
+from app.governance.stores import has_managed_keys
 from app.metrics import mark_worker_dead, prepare_multiprocess_dir
-from app.settings import Settings, SettingsError, adopt, adopted, check_logs_path, check_start, load_settings
+from app.settings import (
+    Settings,
+    SettingsError,
+    adopt,
+    adopted,
+    check_logs_path,
+    check_start,
+    check_state,
+    load_settings,
+)
 
 # gunicorn reads this file again on HUP, with workers serving: only the master's first read may refuse an
 # unusable request-log file; later a bad [logs] path only degrades the log (docs/security.md).
 _FIRST_READ = os.environ.get("PORTICO_MASTER_PID") != str(os.getpid())
 os.environ["PORTICO_MASTER_PID"] = str(os.getpid())
+if _FIRST_READ:
+    # A directory the workers of this master share: the host-wide response cache (docs/cache.md). Removed on exit.
+    os.environ["PORTICO_RUN_DIR"] = tempfile.mkdtemp(prefix="portico-run-")
 
 
 def _read_settings() -> Settings:
@@ -24,9 +39,11 @@ def _read_settings() -> Settings:
     running = None if _FIRST_READ else adopted()
     try:
         settings = load_settings()
-        check_start(settings)  # GATEWAY_BIND, before binding; when_ready checks what was really bound
         if running is None:
             check_logs_path(settings)
+            check_state(settings)  # before check_start: keys managed in the store make the gateway closed
+        # GATEWAY_BIND, before binding; when_ready checks what was really bound
+        check_start(settings, managed_keys=has_managed_keys(settings.state_backend, settings.state_path))
     except SettingsError as err:
         if running is None:
             # One line that names the file, the key and the problem; no traceback.
@@ -73,12 +90,18 @@ control_socket_disable = True  # one shared default path would clash between gat
 def when_ready(server):  # type: ignore[no-untyped-def]
     """Check the sockets really bound: no keys and any non-loopback one stops the master; else warn if open."""
     try:
-        warning = check_start(_settings, bound_addresses(server.LISTENERS, server.cfg.address))
+        managed = has_managed_keys(_settings.state_backend, _settings.state_path)
+        warning = check_start(_settings, bound_addresses(server.LISTENERS, server.cfg.address), managed_keys=managed)
     except SettingsError as err:
         server.log.error("portico: %s", err)
         server.halt(exit_status=1)
     if warning:
         server.log.warning(warning)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the run directory (the host-wide cache file) when the master stops."""
+    shutil.rmtree(os.environ.get("PORTICO_RUN_DIR", ""), ignore_errors=True)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

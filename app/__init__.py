@@ -20,7 +20,7 @@ def create_app(settings: Any = None) -> Flask:
     from app import cli
     from app.logs import setup_logging
     from app.pipeline import Gateway
-    from app.routes import admin, dashboard, health, proxy, unified
+    from app.routes import admin, dashboard, health, keys, models, proxy, unified
     from app.settings import load_settings
 
     settings = settings or load_settings()
@@ -31,7 +31,9 @@ def create_app(settings: Any = None) -> Flask:
     app.extensions["portico"] = Gateway(settings)
     app.register_blueprint(health.bp)
     app.register_blueprint(unified.bp)
+    app.register_blueprint(models.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(keys.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(proxy.bp)  # last: the catch-all must never shadow a unified route
     cli.register(app)

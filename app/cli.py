@@ -49,8 +49,11 @@ def check_config(path: str | None) -> None:
 
 def register(app: Flask) -> None:
     """Attach the CLI commands to the app."""
+    from app.keys_cli import keys_group
+
     app.cli.add_command(create_key)
     app.cli.add_command(check_config)
+    app.cli.add_command(keys_group)
 
 
 def app_for_flask_command() -> Flask | None:

@@ -5,6 +5,7 @@ GatewayError                      status, message; rendered {"status": "failure"
 │   ├── InvalidConfig             400, with "errors": ["path: ..., message: ..."]
 │   └── InvalidCustomHost         400 "Invalid custom host: <reason>"
 ├── Unauthorized                  401
+├── Refused                       403 / 429 with a "code": a key's allow-list, limits, budget (docs/governance.md)
 ├── UnknownRoute                  404, naming the path
 ├── MethodNotAllowed              405, with Allow
 ├── PayloadTooLarge               413
@@ -67,6 +68,25 @@ class Unauthorized(GatewayError):
     """Missing or unknown gateway key."""
 
     status = 401
+
+
+class Refused(GatewayError):
+    """A key's policy refuses the call: the body names the rule in `code` (docs/governance.md, Enforcement)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """Return {"status": "failure", "message", "code"}."""
+        return {"status": "failure", "message": self.message, "code": self.code}
+
+
+class StateStoreUnavailable(GatewayError):
+    """A limited key's counters cannot be read or written: the call is refused rather than let through."""
+
+    status = 503
 
 
 class UnknownRoute(GatewayError):

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from app.redact import current_secrets
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -50,11 +52,19 @@ OTHER = "other"
 # counted as `other`.
 MAX_PROVIDERS = 32
 MAX_MODEL_PAIRS = 64
+# The `key` label (docs/observability.md): the gateway key's name, never its secret. Names come from the keys an
+# operator made, but managed keys can be created at run time without end, so per process the first MAX_KEYS names
+# get their own value and later ones count as `other` (a key named `other` shares that series). A call without a
+# key (an open gateway, or refused before its key was known) is labelled NO_KEY, the empty string: no key name can
+# be empty, so it is never mistaken for a key, and PromQL's `key=""` is what "no key" reads as anyway.
+MAX_KEYS = 50
+NO_KEY = ""
 # Status codes worth their own series (the ones alerts and dashboards name); any other is counted by class
 # (`4xx`), and one outside 100-599 as `other`.
 STATUS_CODES = frozenset({200, 201, 202, 204, 206, 246, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409,
                           410, 413, 415, 422, 429, 446, 499, 500, 501, 502, 503, 504, 529})
-MAX_CALL_KEYS = 1024  # raw (route, provider, status) lookups cached; past this they are looked up each time
+# Raw (route, provider, status, key name) lookups cached; past this they are looked up each time.
+MAX_CALL_KEYS = 4096
 FLUSH_INTERVAL_S = 0.25  # calls reach the shared values this often (and before every /metrics answer)
 
 _prepared: set[str] = set()
@@ -110,6 +120,16 @@ def _label(value: str | None) -> str:
     return value[:MAX_LABEL_CHARS] if value else NONE
 
 
+def key_name_label(name: str | None) -> str:
+    """Return a key name as a label value before its budget: NO_KEY when absent, secrets masked, 64 characters.
+
+    A name is the operator's word for a key, never its secret (the label could not hold that: only its hash is
+    kept). The mask is for a name someone set to a credential all the same: the gateway file's by value, any
+    other by shape (`sk-...`, Bearer tokens), as log lines are masked (docs/security.md).
+    """
+    return current_secrets().scrub(name)[:MAX_LABEL_CHARS] if name else NO_KEY
+
+
 def status_label(status: int) -> str:
     """Return the label of an HTTP status: a common code as itself, any other by its class, or `other`."""
     if status in STATUS_CODES:
@@ -148,8 +168,9 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
         by_call = ("route", "provider")
-        self.requests = Counter("portico_requests", "Gateway calls answered, by route, provider and HTTP status.",
-                                ("route", "provider", "status"), registry=reg)
+        self.requests = Counter("portico_requests",
+                                "Gateway calls answered, by route, provider, HTTP status and gateway key name.",
+                                ("route", "provider", "status", "key"), registry=reg)
         self.latency = Histogram("portico_request_duration_seconds",
                                  "Whole call, from the request's arrival to the end of the response body.",
                                  by_call, buckets=LATENCY_BUCKETS, registry=reg)
@@ -165,10 +186,10 @@ class GatewayMetrics:
                                  by_call, registry=reg)
         self.cache = Counter("portico_cache_results", "Response cache results, by status HIT, MISS or REFRESH.",
                              ("route", "provider", "status"), registry=reg)
-        self.tokens = Counter("portico_tokens", "Tokens reported by the answers, by kind.",
-                              ("provider", "model", "kind"), registry=reg)
-        self.cost = Counter("portico_cost_usd", "Estimated cost of the answers in US dollars.",
-                            ("provider", "model"), registry=reg)
+        self.tokens = Counter("portico_tokens", "Tokens reported by the answers, by kind and gateway key name.",
+                              ("provider", "model", "kind", "key"), registry=reg)
+        self.cost = Counter("portico_cost_usd", "Estimated cost of the answers in US dollars, by gateway key name.",
+                            ("provider", "model", "key"), registry=reg)
         # livesum: the sum over live workers; a dead worker's share goes with mark_worker_dead.
         self.in_flight = Gauge("portico_in_flight_requests", "Gateway calls being served now.",
                                registry=reg, multiprocess_mode="livesum")
@@ -180,6 +201,7 @@ class GatewayMetrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._providers = LabelBudget(MAX_PROVIDERS)
         self._model_pairs = LabelBudget(MAX_MODEL_PAIRS)
+        self._keys = LabelBudget(MAX_KEYS)
         self._failed = False
         # Calls wait here and are applied in batches: one shared-value write per label set and batch instead of
         # six to eleven per call (each a lock and an mmap write in multiprocess mode). None marks a call started.
@@ -199,8 +221,8 @@ class GatewayMetrics:
     def call_finished(self, record: CallRecord) -> None:
         """Record a finished call (once per call_started); never raise into the request path.
 
-        The provider should come from a bounded set (the registry's slugs); values beyond the budgets are
-        counted as `other` all the same.
+        The provider should come from a bounded set (the registry's slugs), the key name from the keys made;
+        values beyond the budgets are counted as `other` all the same.
         """
         self._queue(record)
 
@@ -239,13 +261,13 @@ class GatewayMetrics:
             batch.apply(self.in_flight)
 
     def _record(self, batch: _Batch, call: CallRecord) -> None:
-        key = (call.route, call.provider, call.status)
+        key = (call.route, call.provider, call.status, call.key_name)
         children = self._call_children.get(key)
         if children is None:
             children = self._make_call_children(*key)
             if len(self._call_children) < MAX_CALL_KEYS:  # raw values are the client's: keep the cache bounded
                 self._call_children[key] = children
-        route_label, provider_label, requests, latency, upstream, overhead, retried, fallbacks = children
+        route_label, provider_label, key_label, requests, latency, upstream, overhead, retried, fallbacks = children
         batch.add(requests, 1)
         # `x > 0.0 else 0.0` also turns NaN into 0: one NaN in a histogram's sum would stick forever.
         latency_s = call.latency_s if call.latency_s > 0.0 else 0.0
@@ -267,18 +289,23 @@ class GatewayMetrics:
             if tokens:
                 for kind, count in tokens.items():
                     if kind in TOKEN_KINDS and count > 0:
-                        batch.add(self._child(self.tokens, provider_label, model_label, kind), count)
+                        batch.add(self._child(self.tokens, provider_label, model_label, kind, key_label), count)
             if cost_usd is not None and cost_usd > 0.0:
-                batch.add(self._child(self.cost, provider_label, model_label), cost_usd)
+                batch.add(self._child(self.cost, provider_label, model_label, key_label), cost_usd)
 
-    def _make_call_children(self, route: str, provider: str | None, status: int) -> tuple[Any, ...]:
-        """Return the bounded (route, provider) labels and the per-call children for one route/provider/status."""
+    def _make_call_children(self, route: str, provider: str | None, status: int,
+                            key_name: str | None) -> tuple[Any, ...]:
+        """Return the bounded route, provider and key labels and the per-call children for one call's raw values."""
         route_label = route if route in ROUTES else OTHER
         provider_label = _label(provider)
         if provider_label != NONE and not self._providers.admits(provider_label):
             provider_label = OTHER
+        key_label = key_name_label(key_name)
+        if key_label != NO_KEY and not self._keys.admits(key_label):
+            key_label = OTHER
         by_call = (route_label, provider_label)
-        return (route_label, provider_label, self._child(self.requests, *by_call, status_label(status)),
+        return (route_label, provider_label, key_label,
+                self._child(self.requests, *by_call, status_label(status), key_label),
                 self._child(self.latency, *by_call), self._child(self.upstream, *by_call),
                 self._child(self.overhead, *by_call), self._child(self.retries, *by_call),
                 self._child(self.fallbacks, *by_call))

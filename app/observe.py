@@ -112,9 +112,15 @@ class CallObserver:
         """Build the call's record once and hand it to every sink; one that fails does not stop the others."""
         now = time.perf_counter()
         usage, cost = self._usage_and_cost(ctx)
-        if not self.sinks:
+        if not self.sinks and ctx.grant is None:
             return
         record = CallRecord.of(ctx, status, usage, cost, call_secrets(ctx.headers, ctx.target), now)
+        if ctx.grant is not None:
+            # First: the key's slot, reservation and tokens count against its next calls (docs/governance.md).
+            try:
+                ctx.grant.finish(record)
+            except Exception:  # noqa: BLE001 - the sinks still get the record
+                log.exception("trace_id=%s could not count the call against its key", record.trace_id)
         for sink in self.sinks:
             try:
                 sink.write(record)

@@ -27,16 +27,20 @@ DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 DEFAULT_SPOOL_MEMORY_BYTES = 1024 * 1024
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_LOGS_PATH = "portico-logs.sqlite"
+DEFAULT_STATE_PATH = "portico-state.sqlite"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # Catalog fields that name how to reach a provider (docs/gateway-file.md, [catalog]); api_key is the credential.
-CATALOG_FIELDS = ("provider", "api_key", "custom_host", *OPTION_NAMES)
+# models: the entry's model ids, listed by GET /v1/models (docs/governance.md).
+CATALOG_FIELDS = ("provider", "api_key", "custom_host", "models", *OPTION_NAMES)
 
 # Every section of the gateway file and the keys each may hold (docs/gateway-file.md). The strict check refuses
 # anything else, and the reader only reads keys listed here, so the two cannot drift apart.
 FILE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "keys": ("name", "sha256", "key"),  # [[keys]]: an array of tables
+    # [[keys]]: an array of tables; a key's governance fields as the admin API takes them (docs/governance.md)
+    "keys": ("name", "sha256", "key", "expires_at", "revoked", "metadata", "models", "default_config", "limits",
+             "budget"),
     "custom_hosts": ("allow",),
     "catalog": CATALOG_FIELDS,  # [catalog.<name>]: one table per entry
     "configs": (),  # [configs.<id>]: the config schema knows their keys
@@ -49,6 +53,7 @@ FILE_SECTIONS: dict[str, tuple[str, ...]] = {
     "admin": ("key",),
     "pricing": (),  # [pricing."provider/model"]: the price fields of app.usage.pricing
     "cache": ("backend", "max_bytes", "max_entry_bytes"),
+    "state": ("path", "backend"),
 }
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _CONFIG_ERROR = re.compile(r"path: (?P<path>.*?), message: (?P<message>.*)")
@@ -60,10 +65,12 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class GatewayKey:
-    """A gateway key: its name (for logs) and the SHA-256 of its value."""
+    """A static gateway key: its name (for logs), the SHA-256 of its value, and its governance fields."""
 
     name: str
     sha256: str
+    # The checked fields of app.governance.keys.read_fields (models, limits, budget, ...); none by default.
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class CatalogEntry:
     api_key: str | None = None
     custom_host: str | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"CatalogEntry(name={self.name!r}, provider={self.provider!r}, api_key=<redacted>)"
@@ -110,6 +118,12 @@ class Settings:
     cache_backend: str = "memory"
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_max_entry_bytes: int = DEFAULT_CACHE_MAX_BYTES // 8
+    # The state store (docs/governance.md): "sqlite" keeps `state_path` (None: a file of this app's own, gone
+    # when it stops; tests), or a redis:// URL shared by hosts.
+    state_backend: str = "sqlite"
+    state_path: str | None = None
+    # A directory the workers of one gunicorn master share (the host-wide cache file); None: this process's own.
+    run_dir: str | None = None
     # Client read deadlines and the shutdown grace, in seconds (docs/deploy.md).
     header_timeout_s: int = 10
     body_timeout_s: int = 60
@@ -177,7 +191,7 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
     reader.check_known(data)  # first: a misspelt section must not pass as an empty one (docs/gateway-file.md)
     allow = tuple(reader.str_list(data.get("custom_hosts", {}), "custom_hosts", "allow"))
     policy = reader.host_policy(allow)
-    return Settings(
+    settings = Settings(
         bind=bind_address(env.get("GATEWAY_BIND")),
         workers=reader.env_int("GATEWAY_WORKERS", default_workers()),
         threads=reader.env_int("GATEWAY_THREADS", 32),
@@ -206,19 +220,28 @@ def load_settings(environ: Mapping[str, str] | None = None, path: str | None = N
         admin_key_sha256=reader.admin_key(data.get("admin", {})),
         pricing=reader.pricing(data.get("pricing", {})),
         cache_backend=reader.cache_backend(data.get("cache", {})),
+        state_backend=reader.state_backend(data.get("state", {})),
+        state_path=reader.state_path(data.get("state", {})),
+        run_dir=env.get("PORTICO_RUN_DIR") or None,
         cache_max_bytes=reader.int_in(data.get("cache", {}), "cache", "max_bytes", DEFAULT_CACHE_MAX_BYTES),
         cache_max_entry_bytes=reader.int_in(data.get("cache", {}), "cache", "max_entry_bytes",
                                             reader.int_in(data.get("cache", {}), "cache", "max_bytes",
                                                           DEFAULT_CACHE_MAX_BYTES) // 8),
     )
+    for index, key in enumerate(settings.keys):
+        default = key.fields.get("default_config")
+        if isinstance(default, str) and default not in settings.configs:
+            raise reader.fail(f"keys[{index}].default_config", f"no saved config [configs.{default}] in the file")
+    return settings
 
 
-def check_start(settings: Settings, bound: Sequence[str] | None = None) -> str | None:
+def check_start(settings: Settings, bound: Sequence[str] | None = None, managed_keys: bool = False) -> str | None:
     """Refuse an open gateway off loopback; return the warning line for an open one on loopback.
 
     bound: the addresses gunicorn really listens on (GUNICORN_CMD_ARGS may differ from GATEWAY_BIND).
+    managed_keys: the state store holds keys (docs/governance.md): the gateway is not open then.
     """
-    if not settings.open_mode:
+    if not settings.open_mode or managed_keys:
         return None
     addresses = list(bound) if bound else [settings.bind]
     public = [address for address in addresses if not bind_is_loopback(address)]
@@ -244,6 +267,19 @@ def check_logs_path(settings: Settings) -> None:
         prepare(settings.logs_path)
     except LogStoreUnavailable as err:
         raise SettingsError(f"{settings.source}: [logs] path = {settings.logs_path!r}: {err}") from None
+
+
+def check_state(settings: Settings) -> None:
+    """Refuse to start when the state store's SQLite file cannot be opened (a Redis that is away may come back)."""
+    if settings.state_backend != "sqlite" or settings.state_path is None:
+        return
+    from app.governance.store import StateUnavailable
+    from app.governance.stores import open_store
+
+    try:
+        open_store("sqlite", settings.state_path).close()
+    except StateUnavailable as err:
+        raise SettingsError(f"{settings.source}: [state] path = {settings.state_path!r}: {err}") from None
 
 
 # The settings this process last accepted. gunicorn's master sets them on each good read of the gateway file,
@@ -384,11 +420,12 @@ class _Reader:
             raise self.fail(where, "must be a table")
         return raw
 
-    def str_list(self, section: Any, name: str, key: str) -> list[str]:
+    def str_list(self, section: Any, name: str, key: str, where: str | None = None) -> list[str]:
+        where = where or f"{name}.{key}"
         raw = self.entry(section, name, key, [])
         if not isinstance(raw, list):
-            raise self.fail(f"{name}.{key}", "must be a list of strings")
-        return [self.string(item, f"{name}.{key}[{i}]") for i, item in enumerate(raw)]
+            raise self.fail(where, "must be a list of strings")
+        return [self.string(item, f"{where}[{i}]") for i, item in enumerate(raw)]
 
     def int_in(self, section: Any, name: str, key: str, default: int, minimum: int = 0) -> int:
         raw = self.value(self.entry(section, name, key, default), f"{name}.{key}")
@@ -433,17 +470,29 @@ class _Reader:
         return raw
 
     def cache_backend(self, section: Any) -> str:
-        raw = self.string(self.entry(section, "cache", "backend", "memory"), "cache.backend")
-        if raw != "memory" and not raw.startswith(("redis://", "rediss://", "unix://")):
-            raise self.fail("cache.backend", f"must be \"memory\" or a redis:// URL, got {raw.split('://')[0]!r}")
-        if raw != "memory":
+        return self.backend(section, "cache", "memory")
+
+    def state_backend(self, section: Any) -> str:
+        return self.backend(section, "state", "sqlite")
+
+    def backend(self, section: Any, name: str, embedded: str) -> str:
+        """Return a section's backend: its embedded one (memory, sqlite) or a Redis URL redis can parse."""
+        raw = self.string(self.entry(section, name, "backend", embedded), f"{name}.backend")
+        if raw != embedded and not raw.startswith(("redis://", "rediss://", "unix://")):
+            raise self.fail(f"{name}.backend",
+                            f"must be \"{embedded}\" or a redis:// URL, got {raw.split('://')[0]!r}")
+        if raw != embedded:
             from redis.connection import parse_url
 
             try:  # a URL redis cannot parse would stop every worker at boot instead
                 parse_url(raw)
             except ValueError as err:
-                raise self.fail("cache.backend", f"not a usable Redis URL: {err}") from None
+                raise self.fail(f"{name}.backend", f"not a usable Redis URL: {err}") from None
         return raw
+
+    def state_path(self, section: Any) -> str:
+        """Return the state store's SQLite file ([state] path)."""
+        return self.string(self.entry(section, "state", "path", DEFAULT_STATE_PATH), "state.path")
 
     def bool_in(self, section: Any, name: str, key: str, default: bool) -> bool:
         raw = self.value(self.entry(section, name, key, default), f"{name}.{key}")
@@ -482,8 +531,23 @@ class _Reader:
                     raise self.fail(f"{where}.sha256", "must be 64 hex characters (SHA-256 of the key)")
             else:
                 digest = hash_key(self.string(item["key"], f"{where}.key"))
-            keys.append(GatewayKey(name=name, sha256=digest))
+            keys.append(GatewayKey(name=name, sha256=digest, fields=self.key_fields(item, where)))
+        names = [key.name for key in keys]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            # A static key's counters and spend are kept under its name: two keys must not share them.
+            raise self.fail("keys", f"two keys are named {twice!r}; names must be unique")
         return tuple(keys)
+
+    def key_fields(self, item: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Return a [[keys]] table's governance fields, checked as the admin API checks them."""
+        from app.governance.keys import KeyFieldError, read_fields
+
+        given = {k: v for k, v in item.items() if k not in ("name", "sha256", "key")}
+        try:
+            return read_fields(given, partial=True)
+        except KeyFieldError as err:
+            raise self.fail(f"{where}.{err.path}", err.problem) from None
 
     def host_policy(self, allow: Sequence[str]) -> HostPolicy:
         """Return the custom-host policy of custom_hosts.allow, which start-up checks custom hosts against."""
@@ -525,7 +589,8 @@ class _Reader:
         for name, item in self.table(raw, "catalog").items():
             where = dotted(("catalog", name))
             item = self.table(item, where)
-            values = {k: self.string(v, f"{where}.{k}") for k, v in item.items()}
+            models = tuple(self.str_list(item, "catalog", "models", where=f"{where}.models"))
+            values = {k: self.string(v, f"{where}.{k}") for k, v in item.items() if k != "models"}
             if "provider" not in values:
                 raise self.fail(where, "provider is required")
             if values["provider"] not in PROVIDERS:
@@ -539,7 +604,7 @@ class _Reader:
                 self.custom_host(policy, values["custom_host"], f"{where}.custom_host")
             options = {k: v for k, v in values.items() if k not in ("provider", "api_key", "custom_host")}
             entries[name] = CatalogEntry(name=name, provider=values["provider"], api_key=values.get("api_key"),
-                                         custom_host=values.get("custom_host"), options=options)
+                                         custom_host=values.get("custom_host"), options=options, models=models)
         return entries
 
 

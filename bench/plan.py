@@ -10,8 +10,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.txt"
 # In the order they run.
-SECTIONS = ("throughput", "config", "cache", "translation", "observability", "streaming", "rss", "hardening",
-            "capacity")
+SECTIONS = ("throughput", "config", "cache", "translation", "observability", "governance", "streaming", "rss",
+            "hardening", "capacity")
 
 
 @dataclass(frozen=True)

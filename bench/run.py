@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.run                 # the full run, about 15 minutes (capacity: 7)
     .venv/bin/python -m bench.run --quick         # a short smoke run, about five minutes (capacity: 3)
     .venv/bin/python -m bench.run --only config   # one section (repeatable): throughput, config, cache,
-                                                  # translation, observability, streaming, rss, hardening,
-                                                  # capacity
+                                                  # translation, observability, governance, streaming, rss,
+                                                  # hardening, capacity
 
 Everything listens on 127.0.0.1 only; every process started here is stopped on the way out.
 The report is printed and saved to bench/results/latest.txt. See bench/README.md.
@@ -26,6 +26,7 @@ from bench import sections, translation
 from bench.cache_guardrails import cache_guardrails
 from bench.capacity import capacity
 from bench.config_engine import config_engine
+from bench.governance import governance
 from bench.hardening import hardening
 from bench.loadgen import RERANK_BODY, write_script
 from bench.observability import observability
@@ -49,8 +50,8 @@ def describe(report: Report, plan: Plan, upstream: Upstream) -> None:
                "keep-alive 75 s")
     if plan.server_cpus:
         report.say(f"pinning: gunicorn on CPU {plan.server_cpus}; wrk and nginx on CPU {plan.load_cpus} "
-                   "(throughput, config engine, cache, observability and RSS; the one-at-a-time streamed calls run "
-                   "unpinned)")
+                   "(throughput, config engine, cache, observability, governance and RSS; the one-at-a-time streamed "
+                   "calls run unpinned)")
     else:
         report.say("pinning: none (everything shares every core)")
     rounds = f"{plan.rounds} x {plan.round_seconds:.0f} s" if plan.rounds > 1 else f"{plan.duration:.0f} s"
@@ -93,6 +94,9 @@ def run(report: Report, plan: Plan, procs: Procs, workdir: Path) -> list[bool]:
     if plan.runs("observability"):
         report.note("observability")
         verdicts += observability(report, plan, procs, workdir, upstream)
+    if plan.runs("governance"):
+        report.note("governance")
+        verdicts += governance(report, plan, procs, workdir, upstream)
     if plan.runs("streaming"):
         report.note("streaming")
         verdicts += streamed(report, plan, procs, workdir)

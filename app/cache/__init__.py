@@ -8,9 +8,11 @@ from app.cache.answer import REPLAYED_HEADERS, CachedAnswer
 from app.cache.keys import cache_key
 from app.cache.memory import MemoryCache
 from app.cache.redis_backend import RedisCache, redact_url
+from app.cache.shared import SharedCache
 
 __all__ = [
-    "REPLAYED_HEADERS", "CachedAnswer", "MemoryCache", "RedisCache", "ResponseCache", "build_cache", "cache_key",
+    "REPLAYED_HEADERS", "CachedAnswer", "MemoryCache", "RedisCache", "ResponseCache", "SharedCache", "build_cache",
+    "cache_key",
 ]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -32,9 +34,14 @@ class ResponseCache(Protocol):
         ...
 
 
-def build_cache(backend: str, max_bytes: int, max_entry_bytes: int | None = None) -> ResponseCache:
-    """Return the store named by the [cache] backend setting: "memory" or a Redis URL."""
+def build_cache(backend: str, max_bytes: int, max_entry_bytes: int | None = None,
+                shared_path: str | None = None) -> ResponseCache:
+    """Return the store named by the [cache] backend setting: "memory" (host-wide with shared_path) or a Redis URL."""
     if backend == "memory":
+        # With a shared file every worker of the host sees every answer; without one (tests, a single process)
+        # each process keeps its own.
+        if shared_path is not None:
+            return SharedCache(shared_path, max_bytes, max_entry_bytes)
         return MemoryCache(max_bytes, max_entry_bytes)
     if backend.lower().startswith(_REDIS_SCHEMES):
         # Redis bounds its own memory (maxmemory); max_bytes only sets the default per-entry limit.

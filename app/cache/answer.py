@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from app.jsonwire import compact_bytes
 
 # Only these headers are replayed on a hit; the rest (dates, request ids, rate-limit counters) belong
 # to the original call and would mislead the client if repeated.
@@ -33,3 +36,25 @@ class CachedAnswer:
         """Return the bytes this answer costs in a cache: body, headers and a fixed overhead."""
         header_bytes = sum(len(name) + len(value) for name, value in self.headers)
         return len(self.body) + header_bytes + ENTRY_OVERHEAD_BYTES
+
+
+_FORMAT_VERSION = 1  # the stored form of an answer (Redis and the host-wide file)
+
+
+def encode_answer(answer: CachedAnswer) -> bytes:
+    """Serialise an answer as one compact JSON header line followed by the raw body bytes."""
+    head = {"v": _FORMAT_VERSION, "s": answer.status, "h": answer.headers}
+    return compact_bytes(head) + b"\n" + answer.body
+
+
+def decode_answer(blob: bytes) -> CachedAnswer:
+    """Parse what encode_answer wrote; raise ValueError on anything else."""
+    # json.dumps escapes newlines inside strings, so the first b"\n" always ends the header.
+    head_bytes, newline, body = blob.partition(b"\n")
+    if not newline:
+        raise ValueError("no header line")
+    head = json.loads(head_bytes)
+    if not isinstance(head, dict) or head.get("v") != _FORMAT_VERSION:
+        raise ValueError("unknown entry format")
+    headers = tuple((str(name), str(value)) for name, value in head["h"])
+    return CachedAnswer(int(head["s"]), headers, body)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -15,35 +14,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.cache.answer import CachedAnswer
-from app.jsonwire import compact_bytes
+from app.cache.answer import CachedAnswer, decode_answer, encode_answer
 
 log = logging.getLogger(__name__)
 
-_FORMAT_VERSION = 1
 # Socket-level failures surface as RedisError from redis-py, but a cache must not raise under any failure.
 _REDIS_FAILURES = (redis.RedisError, OSError)
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")  # greedy: a password may hold an "@"
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def encode_answer(answer: CachedAnswer) -> bytes:
-    """Serialise an answer as one compact JSON header line followed by the raw body bytes."""
-    head = {"v": _FORMAT_VERSION, "s": answer.status, "h": answer.headers}
-    return compact_bytes(head) + b"\n" + answer.body
-
-
-def decode_answer(blob: bytes) -> CachedAnswer:
-    """Parse what encode_answer wrote; raise ValueError on anything else."""
-    # json.dumps escapes newlines inside strings, so the first b"\n" always ends the header.
-    head_bytes, newline, body = blob.partition(b"\n")
-    if not newline:
-        raise ValueError("no header line")
-    head = json.loads(head_bytes)
-    if not isinstance(head, dict) or head.get("v") != _FORMAT_VERSION:
-        raise ValueError("unknown entry format")
-    headers = tuple((str(name), str(value)) for name, value in head["h"])
-    return CachedAnswer(int(head["s"]), headers, body)
 
 
 def redact_url(url: str) -> str:

@@ -49,6 +49,10 @@ class RequestContext:
     client_ip: str | None = None
     started: float = field(default_factory=time.perf_counter)
     key_name: str | None = None
+    # The key's governance for this call (app.governance.gate.Grant), None on an open gateway.
+    grant: Any = None
+    # Provider-key headers that carried a gateway key: never forwarded, never taken as the provider's credential.
+    key_headers: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     timeout_ms: int | None = None
     forward: tuple[str, ...] = ()

@@ -17,6 +17,9 @@ TAG_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 STATUS_CLASS = re.compile(r"([1-5])xx")
 TIME_BUCKET = re.compile(r"time:([1-9][0-9]{0,8})")
 _GROUP_COLUMNS = {"provider": "provider", "model": "model", "key": "key_name"}
+# Two columns at once, `key+model`: each group is the JSON array [key_name, model] (the dashboard's top models per
+# key). JSON keeps the pair apart whatever the names hold, and a NULL stays null.
+PAIR_SEPARATOR = "+"
 PERCENTILES = (0.5, 0.95)
 # Up to this many rows in a range, percentiles are computed by sorting in Python (faster); beyond, in SQLite.
 PYTHON_PERCENTILE_MAX_ROWS = 1_000_000
@@ -95,13 +98,17 @@ def group_expression(group_by: str) -> tuple[str, list[Any], bool]:
         raise ValueError(f"group_by must be a string, got {group_by!r}")
     if group_by in _GROUP_COLUMNS:
         return _GROUP_COLUMNS[group_by], [], False
+    first, separator, second = group_by.partition(PAIR_SEPARATOR)
+    if separator and first in _GROUP_COLUMNS and second in _GROUP_COLUMNS and first != second:
+        return f"json_array({_GROUP_COLUMNS[first]}, {_GROUP_COLUMNS[second]})", [], False
     if group_by.startswith("metadata:"):
         return "json_extract(metadata, ?)", [tag_path(group_by.removeprefix("metadata:"))], False
     match = TIME_BUCKET.fullmatch(group_by)
     if match is not None:
         seconds = int(match.group(1))
         return "(CAST(ts / ? AS INTEGER) * ?)", [seconds, seconds], True
-    raise ValueError(f"group_by must be provider, model, key, metadata:<tag> or time:<seconds>, got {group_by!r}")
+    raise ValueError("group_by must be provider, model, key, two of those joined by + (key+model), metadata:<tag> "
+                     f"or time:<seconds>, got {group_by!r}")
 
 
 def analytics(conn: sqlite3.Connection, *, since: float, until: float, group_by: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """A leaf's call as an ordered list of stages (docs/architecture.md): each stage takes the call and the rest.
 
-    guardrails -> translate -> cache -> retry -> the attempt (send, then translate the answer)
+    govern -> guardrails -> translate -> cache -> retry -> the attempt (send, then translate the answer)
 
 `translate` ends by building the leaf's one UpstreamRequest (URL, pinned address, headers, body): the cache
 key reads it and every attempt sends it.
@@ -82,6 +82,8 @@ class LeafExtras:
     cache: ResponseCache | None = None
     cache_key: Callable[[RequestContext, ResolvedTarget, UpstreamRequest], str] = lambda ctx, target, request: ""
     hooks_http: GuardrailHTTP | None = None
+    # The key's allow-list and budget for a target (Governance.check_target): raises Refused.
+    check_target: Callable[[RequestContext, ResolvedTarget, object], None] | None = None
 
 
 @dataclass
@@ -114,6 +116,14 @@ class LeafEnv(Protocol):
 
 Rest = Callable[[LeafCall], Outcome]
 Stage = Callable[[LeafEnv, LeafCall, Rest], Outcome]
+
+
+def govern(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
+    """Refuse a target the call's key may not use, or that its budget cannot take; reserve its estimated cost."""
+    check = env.extras.check_target
+    if env.ctx.grant is not None and check is not None:
+        check(env.ctx, call.target, env.ctx.body_json() if call.body is env.ctx.body else _parsed(call.body))
+    return rest(call)
 
 
 def guardrails(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
@@ -200,7 +210,7 @@ def attempt(env: LeafEnv, call: LeafCall) -> Outcome:
         return Outcome(call.path, call.target, error=err)
 
 
-LEAF_STAGES: tuple[Stage, ...] = (guardrails, translate, cache, retry)
+LEAF_STAGES: tuple[Stage, ...] = (govern, guardrails, translate, cache, retry)
 
 
 def run_leaf(env: LeafEnv, call: LeafCall) -> Outcome:

@@ -40,8 +40,26 @@ def load_config(ctx: RequestContext, settings: Settings) -> None:
         ctx.option_index = "config"
     elif ctx.headers.get("x-portkey-provider") or _catalog_model(ctx):
         ctx.config = NO_CONFIG
+    elif ctx.grant is not None and ctx.grant.key.default_config is not None:
+        _key_default_config(ctx, settings)
     else:
         raise BadRequest("Either x-portkey-config or x-portkey-provider header is required")
+
+
+def _key_default_config(ctx: RequestContext, settings: Settings) -> None:
+    """Use the key's default_config (a saved id or a config object); the operator holds it, like a saved config."""
+    key = ctx.grant.key
+    default = key.default_config
+    ctx.held_config = f"the default_config of key {key.name[:64]!r}"
+    if isinstance(default, str):
+        saved = settings.configs.get(default)
+        if not isinstance(saved, Target):
+            raise BadRequest(f"The default_config of key {key.name[:64]!r} names the saved config {default[:64]!r}, "
+                             "which the gateway file does not define")
+        ctx.config = saved
+    else:
+        ctx.config = parse_config_text(compact_bytes(default, sort_keys=True).decode())
+    ctx.option_index = "config"
 
 
 def check_providers(ctx: RequestContext, settings: Settings) -> None:
@@ -178,7 +196,7 @@ def build_target(provider_ref: str, fields: Mapping[str, str], ctx: RequestConte
     credential = values.pop("api_key", None)
     custom_host = values.pop("custom_host", None)
     if credential is None:
-        credential = client_credential(ctx.headers)
+        credential = client_credential(ctx.headers, ctx.key_headers)
     return ResolvedTarget(provider=provider, credential=credential, options=values,
                           custom_host=custom_host, catalog_name=catalog_name)
 
@@ -221,13 +239,16 @@ def _check_held_credential(values: Mapping[str, str], origins: Mapping[str, Orig
                          "only goes to its own host (bring your own provider key to use a host of your choice)")
 
 
-def client_credential(headers: Mapping[str, str]) -> str | None:
-    """Return the provider secret the client sent: Authorization (Bearer or bare), else x-api-key."""
-    auth = headers.get("authorization")
+def client_credential(headers: Mapping[str, str], gateway_keys: tuple[str, ...] = ()) -> str | None:
+    """Return the provider secret the client sent: Authorization (Bearer or bare), else x-api-key.
+
+    gateway_keys: the headers that carried a gateway key instead (docs/governance.md): never a provider's.
+    """
+    auth = headers.get("authorization") if "authorization" not in gateway_keys else None
     if auth:
         scheme, _, rest = auth.strip().partition(" ")
         return rest.strip() if scheme.lower() == "bearer" and rest else auth.strip()
-    return headers.get("x-api-key") or None
+    return (headers.get("x-api-key") if "x-api-key" not in gateway_keys else None) or None
 
 
 def held_secrets(settings: Settings) -> Secrets:

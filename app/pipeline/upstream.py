@@ -124,6 +124,8 @@ def upstream_headers(ctx: RequestContext, target: ResolvedTarget, forward: tuple
         headers = {}
         if ctx.headers.get("content-type"):
             headers["Content-Type"] = ctx.headers["content-type"]
+    if ctx.key_headers:  # a gateway key never leaves the gateway, even when the forward list names its header
+        forward = tuple(name for name in forward if name not in ctx.key_headers)
     headers.update(forwarded_headers(ctx.headers, forward))
     headers.update(target.provider.sent_headers(target.options, ctx.headers))
     return headers

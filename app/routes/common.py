@@ -28,8 +28,8 @@ def gateway() -> Gateway:
     return current_app.extensions["portico"]  # type: ignore[no-any-return]
 
 
-def serve(route: str, endpoint: str | None = None, unified_format: str | None = None) -> Response:
-    """Handle one gateway call on any route."""
+def begin(route: str, endpoint: str | None = None, unified_format: str | None = None) -> RequestContext:
+    """Start a gateway call: its context, trace id and path check; counted in flight until its answer ends."""
     environ = request.environ
     ctx = RequestContext(method=request.method, path=raw_path(environ), query=environ.get("QUERY_STRING", ""),
                          headers=cast(Mapping[str, str], request.headers), route=route, endpoint=endpoint,
@@ -39,6 +39,26 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     assign_trace_id(ctx)
     gateway().observer.started(ctx)
     check_path(ctx.path)
+    return ctx
+
+
+def serve_own(route: str) -> RequestContext:
+    """Start a call the gateway answers itself (GET /v1/models): its key is checked; `answer_own` ends it."""
+    ctx = begin(route)
+    gateway().governance.identify(ctx)
+    return ctx
+
+
+def answer_own(response: Response, ctx: RequestContext) -> Response:
+    """Send the gateway's own answer to a call begun with serve_own: recorded when sent, with the gateway's headers."""
+    response.call_on_close(call_end(ctx, response.status_code))
+    return with_gateway_headers(response, ctx)
+
+
+def serve(route: str, endpoint: str | None = None, unified_format: str | None = None) -> Response:
+    """Handle one gateway call on any route."""
+    environ = request.environ
+    ctx = begin(route, endpoint, unified_format)
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     declared = None if chunked else (request.content_length or 0)
     stream = cast(BinaryIO, environ["wsgi.input"] if declared is None else request.stream)
@@ -54,7 +74,10 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     # The gateway's own headers join the list before the Response exists: setting them one by one on
     # werkzeug's Headers scans the list each time. An upstream's x-portkey-* headers never pass, nor its
     # X-Accel-* ones: nginx obeys those (X-Accel-Redirect serves one of its own locations; docs/observability.md).
-    headers = [(k, v) for k, v in answer.headers if not k.lower().startswith(("x-portkey-", "x-accel-"))]
+    # A limited key's x-ratelimit-* are the gateway's own (docs/governance.md): the provider's would contradict them.
+    own = ("x-portkey-", "x-accel-", "x-ratelimit-") if ctx.grant is not None and ctx.grant.headers else \
+        ("x-portkey-", "x-accel-")
+    headers = [(k, v) for k, v in answer.headers if not k.lower().startswith(own)]
     headers += gateway_headers(ctx)
     stream = streamed(answer, ctx)
     if stream:
@@ -157,6 +180,8 @@ def gateway_headers(ctx: RequestContext) -> list[tuple[str, str]]:
                     ("x-portkey-cache-status", ctx.cache_status)]
         if ctx.option_index:
             headers.append(("x-portkey-last-used-option-index", ctx.option_index))
+    if ctx.grant is not None:
+        headers += ctx.grant.headers
     return headers
 
 

@@ -32,6 +32,8 @@ class Gateway:
         self.logs_path = Path(self.dir.name) / "logs.sqlite"
         if "[logs]" not in toml:
             toml += f'\n[logs]\npath = "{self.logs_path}"\n'
+        if "[state]" not in toml:
+            toml += f'\n[state]\npath = "{Path(self.dir.name) / "state.sqlite"}"\n'
         if "[admin]" not in toml:
             toml += f'\n[admin]\nkey = "{ADMIN_KEY}"\n'
         self.config.write_text(toml)

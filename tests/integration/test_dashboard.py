@@ -1,7 +1,9 @@
-"""The admin dashboard through gunicorn: auth, HTML, vendored assets, and a real headless Chromium render."""
+"""The admin dashboard through gunicorn: auth, HTML, the keys view, vendored assets, a real headless Chromium render."""
 
 from __future__ import annotations
 
+import hashlib
+import html as htmlib
 import json
 import re
 import shutil
@@ -19,6 +21,7 @@ import pytest
 import requests
 from flask import Flask
 
+from app.governance.store import StateUnavailable
 from app.settings import hash_key
 from tests.conftest import GATEWAY_KEY, PROVIDER_SECRET
 from tests.fakes.provider import FakeProvider
@@ -32,6 +35,9 @@ UPLOT_BANNER = b"/*! https://github.com/leeoniya/uPlot (v1.6.32) */"
 # Where the requests chart's plot area sits in a 1280 px wide screenshot (between its caption and its legend).
 PLOT_TOP, PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT = 220, 400, 90, 600
 HOSTILE = '<b id="pwned">"x"&amp;</b>'
+HOSTILE_KEY = '<b id="pwned-key">k</b>'  # a key's name is the operator's text: shown as text too
+# The keys table's spend bar (--spend in dashboard.css), drawn where the spend is under 80 % of the budget.
+SPEND_COLOUR = bytes((0x70, 0x48, 0xE8))
 
 
 def via(fake: FakeProvider, provider: str, trace_id: str, **extra: str) -> dict[str, str]:
@@ -79,6 +85,67 @@ def traffic(gateway: Gateway, fake: FakeProvider) -> dict[str, Any]:
     return {"traces": traces, "rows": [row for row in rows if row["trace_id"] in set(traces)]}
 
 
+@pytest.fixture(scope="module")
+def keyed(gateway: Gateway, fake: FakeProvider) -> dict[str, Any]:
+    """Create a managed key with limits and a budget, call with it, and set its budget to twice what it spent.
+
+    Also a key with a hostile name, a revoked one and an expired one. Returns the key's id, name, secret and use.
+    """
+    run = uuid.uuid4().hex[:8]
+
+    def admin(method: str, path: str, body: Any = None) -> dict[str, Any]:
+        res = requests.request(method, gateway.url + path, json=body, headers=ADMIN, timeout=5)
+        assert res.status_code in (200, 201), res.text
+        return res.json()  # type: ignore[no-any-return]
+
+    created = admin("POST", "/admin/keys", {"name": f"dash-keys-{run}", "limits": {"rpm": 600, "max_concurrent": 4},
+                                            "budget": {"usd": 5, "period": "month"}})
+    secret = created["key"]
+    admin("POST", "/admin/keys", {"name": HOSTILE_KEY})
+    admin("DELETE", f"/admin/keys/{admin('POST', '/admin/keys', {'name': f'dash-revoked-{run}'})['id']}")
+    admin("POST", "/admin/keys", {"name": f"dash-expired-{run}", "expires_at": "2020-01-02T03:04:05Z"})
+    # About 2,000 prompt tokens each (the fake counts a quarter of the messages' JSON), priced as gpt-4o: cents.
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "word " * 1600}]}
+    small = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+    for index, body in enumerate((big, big, big, small)):
+        res = requests.post(gateway.url + "/v1/chat/completions", json=body, timeout=10, headers={
+            **via(fake, "openai", f"dash-key-{run}-{index}"), "x-portkey-api-key": secret})
+        assert res.status_code == 200, res.text
+    deadline = time.monotonic() + 10
+    while True:  # the key's spend reaches the state store at once (a budgeted key), the log within a second
+        usage = admin("GET", f"/admin/keys/{created['id']}")["usage"]
+        rows = requests.get(f"{gateway.url}/admin/logs", params={"key": f"dash-keys-{run}"}, headers=ADMIN,
+                            timeout=5).json()["logs"]
+        if usage["spent_usd"] > 0.01 and usage["reserved_usd"] == 0 and len(rows) == 4:
+            break
+        assert time.monotonic() < deadline, (usage, len(rows))
+        time.sleep(0.1)
+    budget = round(2 * usage["spent_usd"], 6)  # the bar then stands at half, in the spend colour
+    admin("PATCH", f"/admin/keys/{created['id']}", {"budget": {"usd": budget, "period": "month"}})
+    return {"id": created["id"], "name": created["name"], "secret": secret, "spent": usage["spent_usd"],
+            "budget": budget}
+
+
+def key_row(page: str, key_id: str) -> str:
+    """Return the keys table's row of a key (its HTML, from the page or Chromium's DOM)."""
+    match = re.search(rf'<tr data-key-id="{re.escape(key_id)}">(.*?)</tr>', page, re.S)
+    assert match is not None, f"no row for {key_id} in the keys table"
+    return match.group(1)
+
+
+def row_text(row: str) -> str:
+    """Return a table row's text: tags dropped, entities decoded, white space folded."""
+    return " ".join(htmlib.unescape(re.sub(r"<[^>]+>", " ", row)).split())
+
+
+def assert_spend(text: str, keyed: dict[str, Any]) -> None:
+    """Check a row shows the key's spend against its budget: `<spent> / <budget> USD (month)`."""
+    match = re.search(r"([0-9.,]+) / ([0-9.,]+) USD \(month\)", text)
+    assert match is not None, text
+    assert float(match.group(1)) == pytest.approx(keyed["spent"], abs=0.00005)  # a budget of cents: 4 decimals
+    assert float(match.group(2)) == pytest.approx(keyed["budget"], abs=0.00005)
+
+
 # -- plain HTTP ------------------------------------------------------------------------------------------
 
 
@@ -112,6 +179,61 @@ def test_dashboard_renders_html_with_the_latest_requests(gateway: Gateway, traff
     assert HOSTILE not in html and "&lt;b id=&#34;pwned&#34;&gt;" in html
     for secret in (ADMIN_KEY, GATEWAY_KEY, PROVIDER_SECRET, "co-catalog-secret-123", "sk-catalog-openai-secret"):
         assert secret not in html
+
+
+def test_the_keys_view_shows_each_key_with_its_limits_spend_and_models(gateway: Gateway,
+                                                                        keyed: dict[str, Any]) -> None:
+    res = requests.get(f"{gateway.url}/admin/dashboard", params={"range": "1h"}, auth=BASIC)
+    assert res.status_code == 200
+    assert "frame-ancestors 'none'" in res.headers["Content-Security-Policy"]
+    page = res.text
+    assert 'id="keys-table"' in page and 'id="keys-unavailable"' not in page
+
+    text = row_text(key_row(page, keyed["id"]))
+    assert text.startswith(f"{keyed['name']} {keyed['id']} active 600 rpm · 4 concurrent "), text
+    assert_spend(text, keyed)
+    # Requests and tokens in the last minute (4 calls, about 6,500 tokens), none in flight; then the log's view.
+    match = re.search(r"USD \(month\) 50\.0 % of the budget for \d{4}-\d\d (\d+) requests ([\d,]+) tokens 0 "
+                      r"4 calls \$[0-9.]+ gpt-4o 3 gpt-4o-mini 1$", text)
+    assert match is not None, text
+    assert int(match.group(1)) == 4 and int(match.group(2).replace(",", "")) > 6000
+    # The static key of the gateway file: no limits, no budget, no in-flight count; its calls (this module's traffic,
+    # and whatever other tests of the session sent with it) and models from the log.
+    static = row_text(key_row(page, "static:it-team"))
+    assert re.fullmatch(r"it-team static:it-team active — no budget [\d,]+ requests [\d,]+ tokens — [\d,]+ calls "
+                        r"\$[0-9.]+( \S+ [\d,]+){3}", static), static
+    assert "rerank-v3.5" in static and "gpt-4o-mini" in static
+    # Key names are text; a revoked or expired key says so and comes after the live ones.
+    assert HOSTILE_KEY not in page and "&lt;b id=&#34;pwned-key&#34;&gt;k&lt;/b&gt;" in page
+    revoked = re.search(r'<tr data-key-id="[^"]+">\s*<th[^>]*><span>dash-revoked-.*?</tr>', page, re.S)
+    expired = re.search(r'<tr data-key-id="[^"]+">\s*<th[^>]*><span>dash-expired-.*?</tr>', page, re.S)
+    assert revoked is not None and ">revoked<" in revoked.group(0)
+    assert expired is not None and 'title="expired at 2020-01-02T03:04:05Z">expired<' in expired.group(0)
+    assert page.index(keyed["id"]) < min(revoked.start(), expired.start())
+    # Never a secret or a hash: the managed key's, the gateway file's, the admin key's.
+    for secret in (keyed["secret"], GATEWAY_KEY, ADMIN_KEY, PROVIDER_SECRET):
+        assert secret not in page
+        assert hashlib.sha256(secret.encode()).hexdigest() not in page
+
+
+def test_an_unavailable_state_store_is_a_note_not_an_error(app_factory: Callable[..., Flask], tmp_path: Path) -> None:
+    class DownStore:
+        """A state store whose every read fails, as a Redis that went away does."""
+
+        def __getattr__(self, name: str) -> Callable[..., Any]:
+            def fail(*args: Any, **kwargs: Any) -> Any:
+                raise StateUnavailable("redis://127.0.0.1:1: connection refused")
+            return fail
+
+    app = app_factory(logs_path=str(tmp_path / "logs.sqlite"), admin_key_sha256=hash_key(ADMIN_KEY))
+    governance = app.extensions["portico"].governance
+    governance.store = governance.index.store = DownStore()
+    res = app.test_client().get("/admin/dashboard", headers=ADMIN)
+    assert res.status_code == 200
+    page = res.get_data(as_text=True)
+    assert 'id="keys-unavailable"' in page and "The state store is unavailable" in page
+    assert "connection refused" in page and 'id="keys-table"' not in page
+    assert "No requests logged in the last 24 h" in page  # the rest of the page is still there
 
 
 def test_range_is_validated(gateway: Gateway) -> None:
@@ -152,9 +274,14 @@ def test_empty_and_disabled_logs_show_text_not_errors(app_factory: Callable[...,
     html = res.get_data(as_text=True)
     assert "No requests in the last 1 h yet" in html and "No requests logged in the last 1 h" in html
     assert 'id="dashboard-data"' not in html
+    keys = row_text(key_row(html, "static:team-a"))
+    # No use, no in-flight count without max_concurrent, no calls, cost or models yet.
+    assert keys == "team-a static:team-a active — no budget 0 requests 0 tokens — 0 calls — —", keys
     off = app_factory(admin_key_sha256=hash_key(ADMIN_KEY))
     res = off.test_client().get("/admin/dashboard", headers=auth)
     assert res.status_code == 200 and "The request log is off" in res.get_data(as_text=True)
+    # The keys come from the state store: still shown, with the log's columns saying it is off.
+    assert "request log off" in row_text(key_row(res.get_data(as_text=True), "static:team-a"))
     assert app_factory().test_client().get("/admin/dashboard", headers=auth).status_code == 403  # no admin key
 
 
@@ -230,7 +357,8 @@ def png_rows(path: Path) -> tuple[int, int, list[bytes]]:
     return width, height, rows
 
 
-def test_chromium_renders_the_dashboard(gateway: Gateway, traffic: dict[str, Any], tmp_path: Path) -> None:
+def test_chromium_renders_the_dashboard(gateway: Gateway, traffic: dict[str, Any], keyed: dict[str, Any],
+                                       tmp_path: Path) -> None:
     url = f"http://admin:{ADMIN_KEY}@127.0.0.1:{gateway.port}/admin/dashboard"
     shot = tmp_path / "dashboard.png"
     # Two runs side by side: one screenshot, one serialised DOM after the scripts ran.
@@ -249,6 +377,14 @@ def test_chromium_renders_the_dashboard(gateway: Gateway, traffic: dict[str, Any
     assert f'data-trace-id="{traffic["traces"][-2]}"' in dom
     assert '<b id="pwned">' not in dom and '&lt;b id="pwned"&gt;' in dom  # the hostile trace id stayed text
     assert "cohere" in dom and "openai" in dom
+    # The keys view: the managed key's row with its name and its spend against the budget.
+    assert 'id="keys-table"' in dom
+    row = key_row(dom, keyed["id"])
+    assert "<meter" in row
+    text = row_text(row)
+    assert text.startswith(f"{keyed['name']} {keyed['id']} active"), text
+    assert_spend(text, keyed)
+    assert '<b id="pwned-key">' not in dom
 
     # A real picture: the right size, many colours, the dark header bar on top, the charts' provider colours.
     assert shot.stat().st_size > 20_000
@@ -266,3 +402,6 @@ def test_chromium_renders_the_dashboard(gateway: Gateway, traffic: dict[str, Any
     plot = [rows[y][x:x + 3] for y in range(PLOT_TOP, PLOT_BOTTOM) for x in range(3 * PLOT_LEFT, 3 * PLOT_RIGHT, 3)]
     near = sum(1 for p in plot if max(abs(p[0] - 0x34), abs(p[1] - 0x51), abs(p[2] - 0xB2)) < 48)
     assert near >= 20, f"only {near} pixels of the first series' colour in the requests chart"
+    # The key's budget bar, half full, in the spend colour (nothing else on the page has it).
+    bar = sum(1 for row in rows if SPEND_COLOUR in row for x in range(0, len(row), 3) if row[x:x + 3] == SPEND_COLOUR)
+    assert bar >= 200, f"only {bar} pixels of the spend bar's colour: is the keys table on the screen?"

@@ -71,7 +71,7 @@ def access_lines(gateway: Gateway, trace_id: str) -> list[dict]:
 def counted_499(gateway: Gateway) -> float:
     """Return portico_requests_total for the unified route's OpenAI calls answered 499."""
     text = requests.get(f"{gateway.url}/metrics", headers=ADMIN, timeout=5).text
-    series = 'portico_requests_total{provider="openai",route="unified",status="499"} '
+    series = 'portico_requests_total{key="it-team",provider="openai",route="unified",status="499"} '
     return sum(float(line[len(series):]) for line in text.splitlines() if line.startswith(series))
 
 

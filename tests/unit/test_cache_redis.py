@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from app.cache import CachedAnswer, RedisCache
-from app.cache.redis_backend import decode_answer, encode_answer, redact_url
+from app.cache.answer import decode_answer, encode_answer
+from app.cache.redis_backend import redact_url
 from tests.fakes.net import free_port, listen_port
 from tests.fakes.redis_server import RedisServer
 

@@ -111,7 +111,7 @@ def test_a_failing_sink_does_not_stop_the_next_one(metrics: GatewayMetrics,
     with caplog.at_level(logging.ERROR, logger="app.observe"):
         observer.finished(answered(observer, "sinks-1"), 200)()
 
-    labels = frozenset({"route": "unified", "provider": "openai", "status": "200"}.items())
+    labels = frozenset({"route": "unified", "provider": "openai", "status": "200", "key": ""}.items())
     assert samples(metrics)[("portico_requests_total", labels)] == 1
     assert [r.trace_id for r in counting.records] == ["sinks-1"]
     assert any("sinks-1" in r.getMessage() and "could not record" in r.getMessage() for r in caplog.records)
@@ -127,7 +127,7 @@ def test_the_three_sinks_agree_on_one_call(metrics: GatewayMetrics, capsys: pyte
     [line] = [json.loads(text) for text in capsys.readouterr().out.splitlines() if '"agree-1"' in text]
     [row] = log.rows
     got = samples(metrics)
-    by_model = {"provider": "openai", "model": "gpt-4o-mini"}
+    by_model = {"provider": "openai", "model": "gpt-4o-mini", "key": ""}
     metric_tokens = {kind: got[("portico_tokens_total", frozenset({**by_model, "kind": kind}.items()))]
                      for kind in ("input", "output")}
     metric_cost = got[("portico_cost_usd_total", frozenset(by_model.items()))]
@@ -136,7 +136,7 @@ def test_the_three_sinks_agree_on_one_call(metrics: GatewayMetrics, capsys: pyte
     assert (line["status"], line["input_tokens"], line["output_tokens"]) == (200, 1000, 500)
     assert (row.status, row.input_tokens, row.output_tokens) == (200, 1000, 500)
     assert got[("portico_requests_total", frozenset({"route": "unified", "provider": "openai",
-                                                     "status": "200"}.items()))] == 1
+                                                     "status": "200", "key": ""}.items()))] == 1
     assert metric_tokens == {"input": 1000, "output": 500}
     assert row.cost_usd == line["cost_usd"] == pytest.approx(metric_cost)
     assert (line["model"], row.model) == ("gpt-4o-mini", "gpt-4o-mini")

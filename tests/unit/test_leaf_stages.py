@@ -32,7 +32,7 @@ def call(client: FlaskClient, config: dict):
 
 
 def test_the_stages_run_in_the_documented_order() -> None:
-    assert [stage.__name__ for stage in leaf.LEAF_STAGES] == ["guardrails", "translate", "cache", "retry"]
+    assert [stage.__name__ for stage in leaf.LEAF_STAGES] == ["govern", "guardrails", "translate", "cache", "retry"]
 
 
 def test_a_stage_added_to_the_list_sees_every_attempt_and_its_outcome(client: FlaskClient, monkeypatch) -> None:

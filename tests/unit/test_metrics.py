@@ -92,8 +92,8 @@ def test_counters_histograms_and_in_flight(single: GatewayMetrics) -> None:
     assert content_type.startswith("text/plain; version=0.0.4")
     s = parse(body)
     assert value(s, "portico_in_flight_requests") == 0
-    assert value(s, "portico_requests_total", route="unified", provider="openai", status="200") == 2
-    assert value(s, "portico_requests_total", route="proxy", provider="anthropic", status="502") == 1
+    assert value(s, "portico_requests_total", route="unified", provider="openai", status="200", key="") == 2
+    assert value(s, "portico_requests_total", route="proxy", provider="anthropic", status="502", key="") == 1
     by_openai = {"route": "unified", "provider": "openai"}
     assert value(s, "portico_request_duration_seconds_count", **by_openai) == 2
     assert value(s, "portico_request_duration_seconds_sum", **by_openai) == pytest.approx(0.304)
@@ -114,10 +114,10 @@ def test_counters_histograms_and_in_flight(single: GatewayMetrics) -> None:
     assert value(s, "portico_cache_results_total", **by_openai, status="HIT") == 1
     assert label_sets(s, "portico_cache_results_total") == {
         frozenset({**by_openai, "status": "MISS"}.items()), frozenset({**by_openai, "status": "HIT"}.items())}
-    assert value(s, "portico_tokens_total", provider="openai", model="gpt-4o-mini", kind="input") == 120
-    assert value(s, "portico_tokens_total", provider="openai", model="gpt-4o-mini", kind="output") == 40
-    assert value(s, "portico_tokens_total", provider="openai", model="gpt-4o-mini", kind="cache_read") is None
-    assert value(s, "portico_cost_usd_total", provider="openai", model="gpt-4o-mini") == pytest.approx(0.0025)
+    assert value(s, "portico_tokens_total", provider="openai", model="gpt-4o-mini", kind="input", key="") == 120
+    assert value(s, "portico_tokens_total", provider="openai", model="gpt-4o-mini", kind="output", key="") == 40
+    assert value(s, "portico_tokens_total", provider="openai", model="gpt-4o-mini", kind="cache_read", key="") is None
+    assert value(s, "portico_cost_usd_total", provider="openai", model="gpt-4o-mini", key="") == pytest.approx(0.0025)
 
 
 def test_label_values_are_bounded(single: GatewayMetrics) -> None:
@@ -128,18 +128,18 @@ def test_label_values_are_bounded(single: GatewayMetrics) -> None:
     finished(single, tokens={"input": 3}, cost_usd=-1.0)  # no model in the answer; a negative cost is not counted
     s = parse(single.render()[0])
 
-    assert value(s, "portico_requests_total", route="unified", provider="none", status="401") == 1
-    assert value(s, "portico_requests_total", route="other", provider="openai", status="200") == 1
-    assert value(s, "portico_tokens_total", provider="openai", model=long_model[:64], kind="output") == 5
-    assert value(s, "portico_tokens_total", provider="openai", model="none", kind="input") == 3
-    assert value(s, "portico_cost_usd_total", provider="openai", model=long_model[:64]) == pytest.approx(0.01)
+    assert value(s, "portico_requests_total", route="unified", provider="none", status="401", key="") == 1
+    assert value(s, "portico_requests_total", route="other", provider="openai", status="200", key="") == 1
+    assert value(s, "portico_tokens_total", provider="openai", model=long_model[:64], kind="output", key="") == 5
+    assert value(s, "portico_tokens_total", provider="openai", model="none", kind="input", key="") == 3
+    assert value(s, "portico_cost_usd_total", provider="openai", model=long_model[:64], key="") == pytest.approx(0.01)
     assert label_sets(s, "portico_cost_usd_total") == {
-        frozenset({"provider": "openai", "model": long_model[:64]}.items())}
+        frozenset({"provider": "openai", "model": long_model[:64], "key": ""}.items())}
     kinds = {dict(labels)["kind"] for labels in label_sets(s, "portico_tokens_total")}
     assert kinds == {"input", "output"}
     for (_, labels), _v in s.items():
         names = {name for name, _ in labels}
-        assert names <= {"route", "provider", "status", "model", "kind", "le"}
+        assert names <= {"route", "provider", "status", "model", "kind", "key", "le"}
         assert all(len(v) <= 64 for _, v in labels)
 
 
@@ -153,7 +153,7 @@ def test_odd_values_neither_poison_nor_raise(single: GatewayMetrics, caplog: pyt
     # NaN counted as 0; the two faulty calls still recorded everything before the tokens.
     assert value(s, "portico_request_duration_seconds_sum", route="unified", provider="openai") == pytest.approx(0.9)
     assert value(s, "portico_gateway_overhead_seconds_sum", route="unified", provider="openai") == pytest.approx(0.06)
-    assert value(s, "portico_requests_total", route="unified", provider="openai", status="other") == 1
+    assert value(s, "portico_requests_total", route="unified", provider="openai", status="other", key="") == 1
     assert value(s, "portico_in_flight_requests") == 0
     assert sum("recording metrics failed" in r.getMessage() for r in caplog.records) == 1
 
@@ -162,10 +162,11 @@ def test_get_metrics_is_one_per_process_and_renders(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     m = get_metrics()
     assert get_metrics() is m
-    before = value(parse(render_metrics()[0]), "portico_requests_total", route="proxy", provider="p1", status="204")
+    p1 = {"route": "proxy", "provider": "p1", "status": "204", "key": ""}
+    before = value(parse(render_metrics()[0]), "portico_requests_total", **p1)
     finished(m, route="proxy", provider="p1", status=204)
     body, content_type = render_metrics()
-    after = value(parse(body), "portico_requests_total", route="proxy", provider="p1", status="204")
+    after = value(parse(body), "portico_requests_total", **p1)
     assert (before or 0) + 1 == after
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
 
@@ -273,8 +274,8 @@ def test_counters_sum_across_processes(multiproc_dir: Path) -> None:
     s = parse(render_metrics()[0])
     openai = {"route": "unified", "provider": "openai"}
 
-    assert value(s, "portico_requests_total", **openai, status="200") == 3 * 150
-    assert value(s, "portico_requests_total", **openai, status="429") == 3 * 50
+    assert value(s, "portico_requests_total", **openai, status="200", key="") == 3 * 150
+    assert value(s, "portico_requests_total", **openai, status="429", key="") == 3 * 50
     assert value(s, "portico_retries_total", **openai) == 3 * calls
     assert value(s, "portico_fallbacks_total", **openai) == 3 * calls / 2
     assert value(s, "portico_cache_results_total", **openai, status="MISS") == 3 * calls
@@ -285,7 +286,8 @@ def test_counters_sum_across_processes(multiproc_dir: Path) -> None:
     assert value(s, "portico_request_duration_seconds_bucket", **openai, le="0.25") == 3 * calls
     assert value(s, "portico_upstream_duration_seconds_count", **openai) == 3 * calls
     for index in range(3):
-        assert value(s, "portico_tokens_total", provider="openai", model=f"model-{index}", kind="input") == 10 * calls
+        by_model = {"provider": "openai", "model": f"model-{index}", "kind": "input", "key": ""}
+        assert value(s, "portico_tokens_total", **by_model) == 10 * calls
     total_cost = sum(v for (name, _), v in s.items() if name == "portico_cost_usd_total")
     assert total_cost == pytest.approx(3 * calls * 0.001)
     # Two calls were still open when the third worker exited (killed mid-request, as far as the gauge knows).
@@ -338,9 +340,9 @@ def test_gunicorn_like_master_and_forked_workers() -> None:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     before, after = parse(out["before"].encode()), parse(out["after"].encode())
     labels = {"route": "proxy", "provider": "openai"}
-    assert value(before, "portico_requests_total", **labels, status="200") == 50
+    assert value(before, "portico_requests_total", **labels, status="200", key="") == 50
     assert value(before, "portico_in_flight_requests") == 2
-    assert value(after, "portico_requests_total", **labels, status="200") == 50
+    assert value(after, "portico_requests_total", **labels, status="200", key="") == 50
     assert value(after, "portico_in_flight_requests") in (0, None)
     assert not os.path.exists(out["path"])  # the master removed its temp dir at exit
 

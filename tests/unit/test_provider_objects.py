@@ -68,7 +68,7 @@ def test_every_provider_option_is_in_the_one_list_the_schema_and_the_catalog_use
     declared = [name for provider in PROVIDERS.values() for name in provider.option_headers.values()]
     assert sorted(declared) == sorted(OPTION_NAMES) and len(set(OPTION_NAMES)) == len(OPTION_NAMES)
     assert tuple(PROVIDER_OPTION_FIELDS) == OPTION_NAMES
-    assert CATALOG_FIELDS == ("provider", "api_key", "custom_host", *OPTION_NAMES)
+    assert CATALOG_FIELDS == ("provider", "api_key", "custom_host", "models", *OPTION_NAMES)
     for provider in PROVIDERS.values():
         for suffix, name in provider.option_headers.items():
             assert suffix.replace("-", "_").endswith(name.removeprefix("azure_")), (provider.slug, suffix)

@@ -60,7 +60,13 @@ def test_an_unknown_key_far_from_any_known_one_lists_the_known_ones(tmp_path: Pa
 
 
 def test_every_known_key_is_accepted_and_documented(tmp_path: Path) -> None:
-    text = KEYS + """
+    text = KEYS + """expires_at = "2099-01-01T00:00:00Z"
+revoked = false
+metadata = { team = "a" }
+models = ["openai/*"]
+default_config = "pc-a"
+limits = { rpm = 10 }
+budget = { usd = 5, period = "month" }
 [custom_hosts]
 allow = ["127.0.0.1"]
 [catalog.all]
@@ -80,6 +86,7 @@ openai_organization = "o"
 openai_project = "p"
 anthropic_version = "2023-06-01"
 anthropic_beta = "b"
+models = ["gpt-4o"]
 [configs.pc-a]
 provider = "openai"
 [limits]
@@ -108,6 +115,9 @@ input = 1.0
 backend = "memory"
 max_bytes = 1000
 max_entry_bytes = 100
+[state]
+backend = "sqlite"
+path = "state.sqlite"
 """
     for keys in FILE_SECTIONS.values():  # the file above sets every key of the table: none may be refused
         assert all(re.search(rf"^{key} = ", text, re.M) for key in keys)
