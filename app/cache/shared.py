@@ -10,9 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.cache.answer import CachedAnswer
+from app.cache.answer import CachedAnswer, decode_answer, encode_answer
 from app.cache.memory import MemoryCache
-from app.cache.answer import decode_answer, encode_answer
 
 log = logging.getLogger(__name__)
 L1_MAX_AGE_S = 10.0
