@@ -213,22 +213,17 @@ class Relay:
     """An answer's body as a WSGI iterable: chunks as they arrive, compressed bytes untouched.
 
     gunicorn calls close() when the body is done or the client left; that releases (or drops) the
-    upstream connection, hands a complete body to `on_complete` (the cache), and runs `on_close`
-    (the access line), telling it whether the client left before the end (docs/observability.md).
+    upstream connection and runs `on_close` (the access line), telling it whether the client left
+    before the end (docs/observability.md).
     """
 
     def __init__(self, answer: Answer, ctx: RequestContext, on_close: Callable[[bool], None] | None = None,
-                 on_complete: Callable[[bytes], None] | None = None, keep_limit: int = 0,
                  tap: Callable[[bytes], None] | None = None, stream: bool = False) -> None:
         self.answer = answer
         self.response = answer.response
         self.pending = answer.first_chunk
         self.ctx = ctx
         self.on_close = on_close
-        self.on_complete = on_complete
-        self.keep_limit = keep_limit
-        self.kept: list[bytes] | None = [] if on_complete is not None else None
-        self.kept_size = 0
         self.tap = tap
         self.finished = answer.response is None and not answer.first_chunk
         self.started = False  # the server asked for the body (a HEAD, 204 or 304 answer never does)
@@ -273,9 +268,8 @@ class Relay:
         return self.deliver(chunk)
 
     def deliver(self, chunk: bytes) -> bytes:
-        """Count a piece of the body on its way to the client, keep a copy for the cache and tap its usage."""
+        """Count a piece of the body on its way to the client and tap its usage."""
         self.ctx.bytes_out += len(chunk)
-        self._keep(chunk)
         if self.tap is not None:
             self.tap(chunk)  # usage extraction reads a copy; the client gets the chunk unchanged
         return chunk
@@ -286,16 +280,6 @@ class Relay:
         self.ctx.error = err.message
         log.warning("trace_id=%s %s after %d bytes", self.ctx.trace_id, self.ctx.error, self.ctx.bytes_out)
         return StreamAborted(self.ctx.error)
-
-    def _keep(self, chunk: bytes) -> None:
-        """Keep a copy of the body for the cache while it stays under the entry limit."""
-        if self.kept is None:
-            return
-        self.kept_size += len(chunk)
-        if self.kept_size > self.keep_limit:
-            self.kept = None
-        else:
-            self.kept.append(chunk)
 
     def close(self) -> None:
         """Release the upstream connection (drop it if the body was not read to the end)."""
@@ -308,8 +292,6 @@ class Relay:
                 if not self.finished:
                     raw.close()  # an unread rest would poison a pooled connection
                 raw.release_conn()
-            if self.finished and self.kept is not None and self.on_complete is not None:
-                self.on_complete(b"".join(self.kept))
         finally:
             if self.on_close is not None:
                 self.on_close(self.client_left)

@@ -1,9 +1,10 @@
 """Enforcement (docs/governance.md): who calls (by key), which models, how fast, for how much.
 
-The call-wide steps run in Gateway.run: `identify` (the key, from x-portkey-api-key or a single-token header),
-then `admit` (rpm, tpm, max_concurrent). The per-target step is the `govern` leaf stage: the model allow-list
-and the budget's reservation, since both depend on where a target sends the call. Every governed call ends in
-`Grant.finish`, which frees its slot, releases its reservation and adds its real tokens and cost.
+`identify` runs first in Gateway.run: the key, from x-portkey-api-key or a single-token header. The rest is the
+`govern` leaf stage (`check_target`), since the model and its price depend on where a target sends the call:
+the allow-list, then, at the first target, the admission (rpm, tpm, max_concurrent and the budget's
+reservation, one step of the store), and at a fallback target the reservation of what it adds. Every governed
+call ends in `Grant.finish`, which frees its slot, releases its reservation and adds its real tokens and cost.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import math
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from app.call.context import RequestContext, ResolvedTarget
 from app.call.record import CallRecord
@@ -24,11 +25,12 @@ from app.errors import Refused, StateStoreUnavailable, Unauthorized
 from app.governance import allow
 from app.governance.index import KeyIndex
 from app.governance.keys import STATIC_PREFIX, KeyRecord, Secret, hash_secret
-from app.governance.store import Admission, Finished, StateStore, StateUnavailable
+from app.governance.store import Admission, BudgetAsk, Finished, Reservation, StateStore, StateUnavailable
 from app.governance.tally import Tally
 from app.usage import PricingTable, Usage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Single-token clients (the openai SDK, Claude Code-style tools) send the gateway key where a provider key goes.
 TOKEN_HEADERS = ("authorization", "x-api-key")
 # Output tokens reserved when a call sets no max_tokens: reservations bound overspend, so they need a size.
@@ -50,6 +52,7 @@ class Grant:
     key: KeyRecord
     tally: Tally
     slot: str | None = None
+    admitted: bool = False  # the first target admitted the call (limits counted, budget reserved)
     counted: bool = False
     period: str | None = None
     reserved_usd: float = 0.0
@@ -58,7 +61,10 @@ class Grant:
     def finish(self, record: CallRecord) -> None:
         """Free the slot, release the reservation, add the call's tokens and cost (when its answer ended)."""
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
-        self.tally.add(Finished(key_id=self.key.id, at=record.ended_at, counted=self.counted, slot=self.slot,
+        # A governed key's requests are counted by admit alone: one refused before admission (a 403, a 429)
+        # must not use up the minute. Other keys' calls are counted here, for their usage.
+        counted = self.counted or self.key.governed
+        self.tally.add(Finished(key_id=self.key.id, at=record.ended_at, counted=counted, slot=self.slot,
                                 tokens=tokens, period=self.period, reserved_usd=self.reserved_usd,
                                 cost_usd=record.cost_usd or 0.0), urgent=self.key.governed)
 
@@ -90,7 +96,7 @@ class Governance:
                 raise Unauthorized("Invalid x-portkey-api-key: no gateway key matches")
         for name in TOKEN_HEADERS:
             token = _token(ctx.headers.get(name))
-            found = self.index.find(hash_secret(token), now) if token else None
+            found = self.index.find(hash_secret(token), now, recheck=record is None) if token else None
             if found is not None:
                 # A gateway key in a provider-key header is never forwarded, whichever key the call uses.
                 ctx.key_headers += (name,)
@@ -103,7 +109,7 @@ class Governance:
         if refusal is not None:
             raise Unauthorized(f"The gateway key {record.name!r} is {refusal}")
         ctx.key_name = record.name
-        ctx.grant = Grant(record, self.tally)
+        ctx.grant = Grant(record, self.tally, headers=limit_headers(record))
 
     def _open_or_refuse(self, ctx: RequestContext) -> None:
         """Let a keyless call through on an open gateway (loopback, no keys at all), else refuse it (401)."""
@@ -116,32 +122,12 @@ class Governance:
                                "X-Forwarded-For): gateway keys are needed behind a proxy; add [[keys]] to the "
                                "gateway file")
 
-    def admit(self, ctx: RequestContext) -> None:
-        """Count the call against its key's rpm, tpm and max_concurrent, or refuse it (429, Retry-After)."""
-        grant = ctx.grant
-        if grant is None or not grant.key.limits:
-            return
-        key = grant.key
-        slot = f"{self._host}:{next(self._slots)}"
-        try:
-            admission = self.store.admit(key.id, slot, time.time(), key.limits)
-        except StateUnavailable as err:
-            log.error("trace_id=%s state store unavailable, refusing a limited key's call: %s", ctx.trace_id, err)
-            raise StateStoreUnavailable("The gateway's state store is unavailable; calls with limited keys are "
-                                        "refused until it is back") from None
-        grant.headers = ratelimit_headers(key, admission)
-        if not admission.admitted:
-            limit = admission.limit or "rpm"
-            value = getattr(key.limits, limit)
-            raise Refused(429, "rate_limit_exceeded",
-                          f"Rate limit exceeded for key {key.name!r}: {limit} = {value} "
-                          f"({_LIMIT_WORDS[limit]}); retry after {admission.retry_after_s} s",
-                          headers={"Retry-After": str(admission.retry_after_s), **dict(grant.headers)})
-        grant.counted = True
-        grant.slot = slot if key.limits.max_concurrent is not None else None
-
     def check_target(self, ctx: RequestContext, target: ResolvedTarget, body: object) -> None:
-        """Refuse a target its key may not use (403), or that its budget cannot take (429); reserve for it."""
+        """Refuse a target its key may not use (403); admit the call under its limits and budget (429).
+
+        The first target a call reaches admits it: rpm, tpm, max_concurrent and the budget's reservation in one
+        step of the store. A later target (a fallback) only reserves what its estimate adds.
+        """
         grant = ctx.grant
         if grant is None:
             return
@@ -152,31 +138,72 @@ class Governance:
             raise Refused(403, "model_not_allowed",
                           f"Model {shown[:200]!r} is not allowed for key {key.name!r}; its allow-list: "
                           f"{', '.join(key.models)[:500]}")
-        if key.budget is not None:
-            self._reserve(ctx, grant, target, model, body)
+        if not key.governed:
+            return
+        ask = self._budget_ask(ctx, grant, target, model, body)
+        if grant.admitted:
+            if ask is not None and ask.usd > 0:
+                self._reserve_more(ctx, grant, ask)
+            return
+        self._admit(ctx, grant, ask)
 
-    def _reserve(self, ctx: RequestContext, grant: Grant, target: ResolvedTarget, model: str | None,
-                 body: object) -> None:
-        """Reserve the target's estimated cost from the key's budget, or refuse: spent + reserved ≥ budget."""
+    def _budget_ask(self, ctx: RequestContext, grant: Grant, target: ResolvedTarget, model: str | None,
+                    body: object) -> BudgetAsk | None:
+        """Return what this target asks of the key's budget: its estimate beyond what the call holds already."""
+        budget = grant.key.budget
+        if budget is None:
+            return None
+        estimate = self.estimate(target, model, body, ctx.body.size if ctx.body is not None else 0)
+        grant.period = grant.period or budget.period_of(time.time())
+        return BudgetAsk(grant.period, max(0.0, estimate - grant.reserved_usd), budget.usd)
+
+    def _admit(self, ctx: RequestContext, grant: Grant, ask: BudgetAsk | None) -> None:
+        """Count the call against its key's limits and reserve from its budget, or refuse it (429)."""
+        key = grant.key
+        slot = f"{self._host}:{next(self._slots)}"
+        admission = self._store_step(ctx, lambda: self.store.admit(key.id, slot, time.time(), key.limits, ask))
+        if key.limits:
+            grant.headers = ratelimit_headers(key, admission)
+        if not admission.admitted:
+            if admission.limit == "budget":
+                self._refuse_budget(grant, admission.reservation)
+            limit = admission.limit or "rpm"
+            raise Refused(429, "rate_limit_exceeded",
+                          f"Rate limit exceeded for key {key.name!r}: {limit} = {getattr(key.limits, limit)} "
+                          f"({_LIMIT_WORDS[limit]}); retry after {admission.retry_after_s} s",
+                          headers={"Retry-After": str(admission.retry_after_s), **dict(grant.headers)})
+        grant.admitted = True
+        grant.counted = True  # admit counted the request, for a budget-only key too
+        grant.slot = slot if key.limits.max_concurrent is not None else None
+        if ask is not None:
+            grant.reserved_usd += ask.usd
+
+    def _reserve_more(self, ctx: RequestContext, grant: Grant, ask: BudgetAsk) -> None:
+        """Reserve what a fallback target adds to the call's estimate, or refuse it (429 budget_exceeded)."""
+        reservation = self._store_step(ctx, lambda: self.store.reserve(grant.key.id, ask.period, ask.usd,
+                                                                       ask.budget_usd))
+        if not reservation.reserved:
+            self._refuse_budget(grant, reservation)
+        grant.reserved_usd += ask.usd
+
+    def _refuse_budget(self, grant: Grant, reservation: Reservation | None) -> NoReturn:
+        """Refuse the call: its key's budget for the period is spent or reserved."""
         budget = grant.key.budget
         assert budget is not None
-        estimate = self.estimate(target, model, body, ctx.body.size if ctx.body is not None else 0)
-        extra = max(0.0, estimate - grant.reserved_usd)  # a fallback target reserves only what it adds
-        if grant.period is not None and extra == 0.0:
-            return
-        grant.period = grant.period or budget.period_of(time.time())
+        spent = reservation.spent_usd if reservation is not None else 0.0
+        held = reservation.reserved_usd if reservation is not None else 0.0
+        raise Refused(429, "budget_exceeded",
+                      f"Budget exceeded for key {grant.key.name!r}: {budget.usd:g} USD per {budget.period}; "
+                      f"spent {spent:.6f}, reserved {held:.6f}", headers=dict(grant.headers))
+
+    def _store_step(self, ctx: RequestContext, step: Callable[[], T]) -> T:
+        """Run one step of the state store for a governed call; a store that is away refuses the call (503)."""
         try:
-            reservation = self.store.reserve(grant.key.id, grant.period, extra, budget.usd)
+            return step()
         except StateUnavailable as err:
-            log.error("trace_id=%s state store unavailable, refusing a budgeted key's call: %s", ctx.trace_id, err)
-            raise StateStoreUnavailable("The gateway's state store is unavailable; calls with budgets are refused "
-                                        "until it is back") from None
-        if not reservation.reserved:
-            raise Refused(429, "budget_exceeded",
-                          f"Budget exceeded for key {grant.key.name!r}: {budget.usd:g} USD per {budget.period}; "
-                          f"spent {reservation.spent_usd:.6f}, reserved {reservation.reserved_usd:.6f}",
-                          headers=dict(grant.headers))
-        grant.reserved_usd += extra
+            log.error("trace_id=%s state store unavailable, refusing a governed key's call: %s", ctx.trace_id, err)
+            raise StateStoreUnavailable("The gateway's state store is unavailable; calls with limited or budgeted "
+                                        "keys are refused until it is back") from None
 
     def estimate(self, target: ResolvedTarget, model: str | None, body: object, body_bytes: int) -> float:
         """Return what a call may cost: its input (about 4 bytes a token) plus its max_tokens, at the model's price."""
@@ -190,6 +217,16 @@ class Governance:
 
 
 _LIMIT_WORDS = {"rpm": "requests per minute", "tpm": "tokens per minute", "max_concurrent": "calls in flight"}
+
+
+def limit_headers(key: KeyRecord) -> list[tuple[str, str]]:
+    """Return the x-ratelimit-limit-* headers of a limited key, for answers given before its admission."""
+    headers = []
+    if key.limits.rpm is not None:
+        headers.append(("x-ratelimit-limit-requests", str(key.limits.rpm)))
+    if key.limits.tpm is not None:
+        headers.append(("x-ratelimit-limit-tokens", str(key.limits.tpm)))
+    return headers
 
 
 def ratelimit_headers(key: KeyRecord, admission: Admission) -> list[tuple[str, str]]:

@@ -17,9 +17,9 @@ from app.governance.store import StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 REFRESH_S = 0.5
-# An unknown secret may belong to a key created a moment ago on another worker: the version is then checked
-# again at once, but not more often than this (a client guessing keys must not load the store).
-MISS_REFRESH_S = 0.05
+# An unknown secret may belong to a key created a moment ago on another worker: the store's version is then
+# checked again at once (one small read; a client guessing keys costs the store that much per guess).
+MISS_REFRESH_S = 0.0
 
 
 class KeyIndex:
@@ -42,11 +42,15 @@ class KeyIndex:
         self.refresh()
         return bool(self.static) or self._managed
 
-    def find(self, sha256: str, now: float) -> KeyRecord | None:
-        """Return the key one of whose secrets hashes to `sha256` and still works at `now`, else None."""
+    def find(self, sha256: str, now: float, recheck: bool = True) -> KeyRecord | None:
+        """Return the key one of whose secrets hashes to `sha256` and still works at `now`, else None.
+
+        recheck: on a miss, read the store's version again first (not for a token that is most likely a
+        provider's key, checked only so that a gateway key is never forwarded).
+        """
         self.refresh()
         record = self._by_hash.get(sha256)
-        if record is None and time.monotonic() - self._checked >= MISS_REFRESH_S:
+        if record is None and recheck:
             self.refresh(min_age=MISS_REFRESH_S)
             record = self._by_hash.get(sha256)
         if record is None:

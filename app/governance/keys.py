@@ -63,8 +63,10 @@ class Budget:
         """Return the name of the period `now` (epoch seconds) falls in: `2026-12-03`, `2026-12` or `total`."""
         if self.period == "total":
             return "total"
-        moment = datetime.fromtimestamp(now, UTC)
-        return moment.strftime("%Y-%m-%d" if self.period == "day" else "%Y-%m")
+        moment = time.gmtime(now)  # cheaper than datetime's strftime, on every budgeted call
+        if self.period == "day":
+            return f"{moment.tm_year:04d}-{moment.tm_mon:02d}-{moment.tm_mday:02d}"
+        return f"{moment.tm_year:04d}-{moment.tm_mon:02d}"
 
     def as_json(self) -> dict[str, Any]:
         """Return the budget as the API shows it."""

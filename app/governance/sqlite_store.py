@@ -4,6 +4,12 @@ Every thread has its own connection (a connection is never shared between thread
 admit, reserve and finish each run in one BEGIN IMMEDIATE transaction, which takes the file's write lock up
 front, so counters are exact across processes. Money is kept in whole nano-dollars, so that ten reservations
 of 0.1 against a budget of 1.0 add up to the budget exactly (floats would let an eleventh in).
+
+admit is on the request path, so it is one read and one write statement: all of a key's counters are rows of
+one table, side by side in its b-tree (a commit usually writes a single page), and its rate window is kept in
+buckets of one second with running totals. Old buckets are pruned, and the WAL is checkpointed, by `finish`,
+which runs on each worker's background writer thread (tally.py): SQLite's own checkpoint would run in whichever
+request's commit filled the WAL, and its fsync costs milliseconds.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.governance.keys import KeyRecord, Limits
 from app.governance.store import (
     SLOT_LEASE_S,
     WINDOW_S,
     Admission,
+    BudgetAsk,
     Finished,
     KeyUsage,
     Reservation,
@@ -38,43 +45,73 @@ BUSY_TIMEOUT_S = 5.0
 # Opening a new file: how long to keep retrying while other processes hold it to create the same schema.
 CREATE_RETRY_S = 10.0
 NANO = 1_000_000_000  # nano-dollars per dollar
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# A key's expired buckets (and lapsed slots) are deleted by finish at most every PRUNE_S per process, or by
+# admit itself once PRUNE_AT expired buckets have piled up (a process whose writer thread never runs).
+PRUNE_S = 5.0
+PRUNE_AT = 16
+# The WAL is checkpointed by finish once this process has committed CHECKPOINT_WRITES writes since its last
+# checkpoint (SQLite's own default is 1000 pages); when the WAL then starts over, SQLite cuts the file back to
+# WAL_KEEP_BYTES. A process whose finish does not run (so it never checkpoints) looks at the file's size every
+# WAL_CHECK_WRITES writes, and checkpoints on the request path past WAL_MAX_BYTES: the WAL is bounded either way.
+CHECKPOINT_WRITES = 1000
+WAL_CHECK_WRITES = 4 * CHECKPOINT_WRITES
+WAL_KEEP_BYTES = 16 << 20
+WAL_MAX_BYTES = 64 << 20
 
-# `rate_entries`: one row per counted request (requests = 1) and per finished call's tokens, pruned as they
-# leave the window; `rate_totals` keeps each key's sums of its remaining entries, so admit() reads two numbers
-# instead of adding up a window that may hold tens of thousands of rows.
+# Row names in `counters` besides the buckets, whose names are integers (SQLite sorts integers before any
+# text, so a key's newest bucket, its totals and its spend are neighbours, usually on one page).
+TOTALS = ""  # a, b: the requests and tokens of all the key's buckets
+PERIOD = "p:"  # + a budget period: a = spent, b = reserved (nano-dollars)
+SLOT = "s:"  # + a slot: a call in flight since `at`
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('version', 0)",
     "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS keys_created ON keys (created_at)",
-    # Without rowid, so a commit writes one b-tree, not a table and its index; `n` (random) only tells apart
-    # two entries of a key made at the same instant.
-    """CREATE TABLE IF NOT EXISTS rate_entries (
-        key_id TEXT NOT NULL, at REAL NOT NULL, n INTEGER NOT NULL, requests INTEGER NOT NULL,
-        tokens INTEGER NOT NULL, PRIMARY KEY (key_id, at, n)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS rate_totals (
-        key_id TEXT PRIMARY KEY, requests INTEGER NOT NULL, tokens INTEGER NOT NULL) WITHOUT ROWID""",
-    # No index on `at`: a key holds at most max_concurrent slots (and those of dead workers, until their lease
-    # ends), so pruning scans a handful of rows, and every admit writes one b-tree less.
-    """CREATE TABLE IF NOT EXISTS slots (
-        key_id TEXT NOT NULL, slot TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (key_id, slot)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS spend (
-        key_id TEXT NOT NULL, period TEXT NOT NULL, spent INTEGER NOT NULL, reserved INTEGER NOT NULL,
-        PRIMARY KEY (key_id, period)) WITHOUT ROWID""",
+    # Every counter of a key; `name` has no type, so integers stay integers and text stays text. A bucket is
+    # named by its epoch second: a = requests and b = tokens counted in that second, at = the latest of them.
+    # It leaves the window when that latest one does: an entry never leaves early, and at most 1 s late.
+    """CREATE TABLE IF NOT EXISTS counters (
+        key_id TEXT NOT NULL, name NOT NULL, a INTEGER NOT NULL, b INTEGER NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (key_id, name)) WITHOUT ROWID""",
+)
+# Schema 1 kept a row per request or token entry, and spend and slots in tables of their own.
+_FROM_V1 = (
+    "INSERT INTO counters (key_id, name, a, b, at) SELECT key_id, CAST(at AS INTEGER), SUM(requests), "
+    "SUM(tokens), MAX(at) FROM rate_entries GROUP BY key_id, CAST(at AS INTEGER)",
+    "INSERT INTO counters (key_id, name, a, b, at) SELECT key_id, '', SUM(requests), SUM(tokens), 0 "
+    "FROM rate_entries GROUP BY key_id",
+    "INSERT INTO counters (key_id, name, a, b, at) SELECT key_id, 'p:' || period, spent, reserved, 0 FROM spend",
+    "INSERT INTO counters (key_id, name, a, b, at) SELECT key_id, 's:' || slot, 0, 0, at FROM slots",
+    "DROP TABLE rate_entries",
+    "DROP TABLE rate_totals",
+    "DROP TABLE spend",
+    "DROP TABLE slots",
 )
 
-# A key's totals and, in the same snapshot, the sums of its entries that have left the window (at <= ?2).
+# Adds (a, b) to a row (a missing row counts as zeros), taking neither below 0, and moves its `at` on.
+_ADD = ("INSERT INTO counters (key_id, name, a, b, at) VALUES (?1, ?2, MAX(0, ?3), MAX(0, ?4), ?5) "
+        "ON CONFLICT (key_id, name) DO UPDATE SET a = MAX(0, a + ?3), b = MAX(0, b + ?4), at = MAX(at, ?5)")
+# What admit decides on, in one snapshot: the key's totals; the count and sums of its buckets that left the
+# window (name <= ?2: that second or older; at <= ?3: all their entries are out) but were not pruned yet; the
+# period's spend and reservations (?4: its row's name); with max_concurrent, the slots held within their lease.
 # Nothing bounds the window above: a worker that read its clock just before another's admit committed must
 # still count that admit, or two racing calls could both take the last request.
-_TOTALS_AND_EXPIRED = (
-    "SELECT (SELECT requests FROM rate_totals WHERE key_id = ?1), (SELECT tokens FROM rate_totals WHERE key_id = ?1),"
-    " COUNT(*), TOTAL(requests), TOTAL(tokens) FROM rate_entries WHERE key_id = ?1 AND at <= ?2")
-_PRUNE_ENTRIES = "DELETE FROM rate_entries WHERE key_id = ? AND at <= ?"
-_ADD_TOTALS = ("INSERT INTO rate_totals (key_id, requests, tokens) VALUES (?, ?, ?) ON CONFLICT (key_id) DO UPDATE "
-               "SET requests = MAX(0, requests + excluded.requests), tokens = MAX(0, tokens + excluded.tokens)")
-_HELD_SLOTS = "SELECT COUNT(*) FROM slots WHERE key_id = ?"
-_SPEND = "SELECT spent, reserved FROM spend WHERE key_id = ? AND period = ?"
+_COUNTS = ("SELECT (SELECT a FROM counters WHERE key_id = ?1 AND name = ''), "
+           "(SELECT b FROM counters WHERE key_id = ?1 AND name = ''), COUNT(*), TOTAL(a), TOTAL(b), "
+           "(SELECT a FROM counters WHERE key_id = ?1 AND name = ?4), "
+           "(SELECT b FROM counters WHERE key_id = ?1 AND name = ?4)")
+# Slot rows are the names from SLOT ('s:') up to the next character (';').
+_HELD = ", (SELECT COUNT(*) FROM counters WHERE key_id = ?1 AND name >= 's:' AND name < 's;' AND at > ?5)"
+_EXPIRED = " FROM counters WHERE key_id = ?1 AND name <= ?2 AND at <= ?3"
+_READ_COUNTS = _COUNTS + _EXPIRED
+_READ_COUNTS_HELD = _COUNTS + _HELD + _EXPIRED
+_IN_WINDOW = "SELECT a, b, at FROM counters WHERE key_id = ? AND name >= ? AND name < '' AND at > ? ORDER BY name"
+_PRUNE = "DELETE FROM counters WHERE key_id = ? AND name <= ? AND at <= ? RETURNING a, b"
+_PRUNE_SLOTS = "DELETE FROM counters WHERE key_id = ? AND name >= 's:' AND name < 's;' AND at <= ?"
+_SPEND = "SELECT a, b FROM counters WHERE key_id = ? AND name = ?"
 
 
 def _nano(usd: float) -> int:
@@ -90,7 +127,7 @@ def _usd(nano: int) -> float:
 def _retry_after(at: float, now: float) -> int:
     """Return the whole seconds until an entry made at `at` leaves the window: at least 1, at most a window.
 
-    `at` is inf when the entries cannot say (the totals disagree with them): a whole window is then safe.
+    `at` is inf when the buckets cannot say (the totals disagree with them): a whole window is then safe.
     """
     if not math.isfinite(at):
         return int(WINDOW_S)
@@ -111,6 +148,8 @@ class SQLiteStateStore:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
         self._closed = False
+        self._writes = 0  # committed by this process since it last checkpointed
+        self._pruned: dict[str, float] = {}  # key id: when finish last pruned its buckets (time.monotonic())
         self._forget_parent()
         with _STORES_LOCK:
             _STORES.add(self)
@@ -124,122 +163,89 @@ class SQLiteStateStore:
 
     def put_key(self, record: KeyRecord) -> None:
         """Insert or replace a managed key (by id), and move the version on."""
-        text = json.dumps(record.to_store(), separators=(",", ":"))
-
-        def work(conn: sqlite3.Connection) -> None:
-            # An upsert, not INSERT OR REPLACE: a replaced key keeps its rowid, so its place among equals.
-            conn.execute("INSERT INTO keys (id, created_at, record) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
-                         "SET created_at = excluded.created_at, record = excluded.record",
-                         (record.id, record.created_at, text))
-            conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
-        self._write(work)
+        self._write(_put_key, record.id, record.created_at, json.dumps(record.to_store(), separators=(",", ":")))
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """Return a managed key by id, or None."""
-        row = self._read(lambda conn: conn.execute("SELECT record FROM keys WHERE id = ?", (key_id,)).fetchone())
-        return None if row is None else self._record(row[0])
+        rows = self._read("SELECT record FROM keys WHERE id = ?", (key_id,))
+        return self._record(rows[0][0]) if rows else None
 
     def list_keys(self) -> list[KeyRecord]:
         """Return every managed key, oldest first."""
-        rows = self._read(lambda conn: conn.execute("SELECT record FROM keys ORDER BY created_at, rowid").fetchall())
-        return [self._record(text) for (text,) in rows]
+        return [self._record(text) for (text,) in self._read("SELECT record FROM keys ORDER BY created_at, rowid")]
 
     def version(self) -> int:
         """Return a number that changes whenever a key is put: workers re-read the keys when it does."""
-        row = self._read(lambda conn: conn.execute("SELECT value FROM meta WHERE name = 'version'").fetchone())
-        return int(row[0]) if row is not None else 0
+        rows = self._read("SELECT value FROM meta WHERE name = 'version'")
+        return int(rows[0][0]) if rows else 0
 
     # -- counters --------------------------------------------------------------------------------------
 
-    def admit(self, key_id: str, slot: str, now: float, limits: Limits) -> Admission:
-        """Admit one call under `limits`, or refuse it naming the limit; atomically."""
-        def work(conn: sqlite3.Connection) -> Admission:
-            requests, tokens, pruned = _prune(conn, key_id, now - WINDOW_S)
-            answer = _decide(conn, key_id, now, limits, requests, tokens)
-            if answer.admitted:
-                if limits.max_concurrent is not None:
-                    conn.execute("INSERT OR REPLACE INTO slots (key_id, slot, at) VALUES (?, ?, ?)",
-                                 (key_id, slot, now))
-                conn.execute("INSERT INTO rate_entries (key_id, at, n, requests, tokens) VALUES (?, ?, random(), 1, 0)",
-                             (key_id, now))
-                conn.execute(_ADD_TOTALS, (key_id, 1 - pruned[0], -pruned[1]))
-            elif pruned != (0, 0):
-                conn.execute(_ADD_TOTALS, (key_id, -pruned[0], -pruned[1]))
-            return answer
-        return self._write(work)
+    def admit(self, key_id: str, slot: str, now: float, limits: Limits, budget: BudgetAsk | None = None) -> Admission:
+        """Admit one call under `limits` (and reserve from its budget), or refuse it naming the limit; atomically."""
+        return self._write(_admit, key_id, slot, now, limits, budget)
 
     def reserve(self, key_id: str, period: str, usd: float, budget_usd: float) -> Reservation:
         """Reserve `usd` of the period's budget unless spent + reserved already reach `budget_usd`; atomically."""
-        amount, budget = _nano(usd), _nano(budget_usd)
-
-        def work(conn: sqlite3.Connection) -> Reservation:
-            row = conn.execute(_SPEND, (key_id, period)).fetchone()
-            spent, reserved = row if row is not None else (0, 0)
-            if spent + reserved >= budget:
-                return Reservation(False, _usd(spent), _usd(reserved))
-            if amount:
-                conn.execute("INSERT INTO spend (key_id, period, spent, reserved) VALUES (?, ?, 0, ?) "
-                             "ON CONFLICT (key_id, period) DO UPDATE SET reserved = reserved + excluded.reserved",
-                             (key_id, period, amount))
-            return Reservation(True, _usd(spent), _usd(reserved + amount))
-        return self._write(work)
+        return self._write(_reserve, key_id, PERIOD + period, _nano(usd), _nano(budget_usd))
 
     def finish(self, calls: Sequence[Finished]) -> None:
         """Record finished calls in one go: count requests not counted yet, add tokens to the window, free slots,
         release reservations (never below 0) and add costs to the period's spend."""
-        entries: list[tuple[str, float, int, int]] = []
-        added: dict[str, list[float]] = {}  # per key: requests, tokens, latest end
+        # Summed in Python first, so a batch becomes a few row writes: per second's bucket in this loop (written
+        # out, as it runs for every call), then per key's totals from the buckets.
+        buckets: dict[tuple[str, int], list[Any]] = {}  # (key id, second): [requests, tokens, latest end]
+        spends: dict[tuple[str, str], list[int]] = {}  # (key id, period row): [cost, reservation released]
         slots: list[tuple[str, str]] = []
-        spends: list[tuple[str, str, int, int]] = []
+        floor = math.floor
         for call in calls:
-            tokens = max(int(call.tokens), 0)
-            if not call.counted or tokens:
-                requests = 0 if call.counted else 1
-                entries.append((call.key_id, call.at, requests, tokens))
-                sums = added.setdefault(call.key_id, [0, 0, call.at])
-                sums[0] += requests
-                sums[1] += tokens
-                sums[2] = max(sums[2], call.at)
+            key_id = call.key_id
+            requests = 0 if call.counted else 1
+            tokens = int(call.tokens) if call.tokens > 0 else 0
+            if requests or tokens:
+                at = call.at
+                bucket = buckets.get((key_id, floor(at)))
+                if bucket is None:
+                    buckets[(key_id, floor(at))] = [requests, tokens, at]
+                else:
+                    bucket[0] += requests
+                    bucket[1] += tokens
+                    bucket[2] = max(bucket[2], at)
             if call.slot is not None:
-                slots.append((call.key_id, call.slot))
+                slots.append((key_id, SLOT + call.slot))
             if call.period is not None and (call.reserved_usd or call.cost_usd):
-                spends.append((call.key_id, call.period, _nano(call.cost_usd), _nano(call.reserved_usd)))
-        if not (entries or slots or spends):
+                spend = spends.get((key_id, call.period))
+                if spend is None:
+                    spend = spends[(key_id, call.period)] = [0, 0]
+                spend[0] += round(call.cost_usd * NANO)
+                spend[1] -= round(call.reserved_usd * NANO)  # taken off, never below 0 (see _ADD)
+        if not (buckets or slots or spends):
             return
-
-        def work(conn: sqlite3.Connection) -> None:
-            if entries:
-                conn.executemany("INSERT INTO rate_entries (key_id, at, n, requests, tokens) "
-                                 "VALUES (?, ?, random(), ?, ?)", entries)
-                for key_id, (requests, tokens, latest) in added.items():
-                    # Keys limited by a budget alone never pass through admit(): their old entries go here.
-                    _, _, pruned = _prune(conn, key_id, latest - WINDOW_S)
-                    conn.execute(_ADD_TOTALS, (key_id, int(requests) - pruned[0], int(tokens) - pruned[1]))
-            if slots:
-                conn.executemany("DELETE FROM slots WHERE key_id = ? AND slot = ?", slots)
-            if spends:
-                conn.executemany("INSERT INTO spend (key_id, period, spent, reserved) VALUES (?, ?, ?, 0) "
-                                 "ON CONFLICT (key_id, period) DO UPDATE "
-                                 "SET spent = spent + excluded.spent, reserved = MAX(0, reserved - ?)", spends)
-        self._write(work)
+        rows: list[tuple[str, int | str, int, int, float]] = []
+        totals: dict[str, list[Any]] = {}  # key id: [requests, tokens, latest end]
+        for (key_id, second), (requests, tokens, at) in buckets.items():
+            rows.append((key_id, second, requests, tokens, at))
+            total = totals.setdefault(key_id, [0, 0, at])
+            total[0] += requests
+            total[1] += tokens
+            total[2] = max(total[2], at)
+        rows += [(key_id, TOTALS, requests, tokens, 0.0) for key_id, (requests, tokens, _) in totals.items()]
+        rows += [(key_id, PERIOD + period, cost, freed, 0.0) for (key_id, period), (cost, freed) in spends.items()]
+        latest = {key_id: total[2] for key_id, total in totals.items()}
+        self._write(_finish, rows, slots, self._due_for_pruning(latest))
+        if self._writes >= CHECKPOINT_WRITES:
+            self._checkpoint()
 
     def usage(self, key_id: str, now: float, period: str | None) -> KeyUsage:
         """Return a key's use: spend and reservations in `period` (None: 0), requests, tokens and slots now."""
-        # One statement, so one snapshot: the figures agree with each other. Entries that left the window but
+        # One statement, so one snapshot: the figures agree with each other. Buckets that left the window but
         # were not pruned yet are taken off the totals here, without writing.
-        sql = ("SELECT (SELECT requests FROM rate_totals WHERE key_id = ?1), "
-               "(SELECT tokens FROM rate_totals WHERE key_id = ?1), "
-               "(SELECT TOTAL(requests) FROM rate_entries WHERE key_id = ?1 AND at <= ?2), "
-               "(SELECT TOTAL(tokens) FROM rate_entries WHERE key_id = ?1 AND at <= ?2), "
-               "(SELECT COUNT(*) FROM slots WHERE key_id = ?1 AND at > ?3), "
-               "(SELECT spent FROM spend WHERE key_id = ?1 AND period = ?4), "
-               "(SELECT reserved FROM spend WHERE key_id = ?1 AND period = ?4)")
-        params = (key_id, now - WINDOW_S, now - SLOT_LEASE_S, period)
-        requests, tokens, old_requests, old_tokens, in_flight, spent, reserved = self._read(
-            lambda conn: conn.execute(sql, params).fetchone())
-        return KeyUsage(spent_usd=_usd(spent or 0), reserved_usd=_usd(reserved or 0),
-                        requests=max(0, (requests or 0) - int(old_requests)),
-                        tokens=max(0, (tokens or 0) - int(old_tokens)), in_flight=in_flight)
+        cutoff = now - WINDOW_S
+        name = None if period is None else PERIOD + period
+        (row,) = self._read(_READ_COUNTS_HELD, (key_id, math.floor(cutoff), cutoff, name, now - SLOT_LEASE_S))
+        requests, tokens = _window(row)
+        return KeyUsage(spent_usd=_usd(row[5] or 0), reserved_usd=_usd(row[6] or 0), requests=requests,
+                        tokens=tokens, in_flight=row[7])
 
     def close(self) -> None:
         """Release connections; the store is not used afterwards.
@@ -303,13 +309,14 @@ class SQLiteStateStore:
         self._local = threading.local()
         self._conns = []
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run work in a BEGIN IMMEDIATE transaction (the write lock taken first), committed when it returns."""
+    def _write(self, work: Callable[..., T], *args: Any) -> T:
+        """Run work(connection, *args) in a BEGIN IMMEDIATE transaction (the write lock taken first), committed
+        when it returns; now and then, look at the WAL's size."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = work(conn)
+                result = work(conn, *args)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -317,15 +324,51 @@ class SQLiteStateStore:
                 raise
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from None
+        # Not exact across threads, which does not matter: it only spaces out checkpoints and looks at the WAL.
+        self._writes += 1
+        if self._writes % WAL_CHECK_WRITES == 0:
+            self._check_wal()
         return result
 
-    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run one read (autocommit: its own snapshot), with SQLite's errors made StateUnavailable."""
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Return the rows of one read (autocommit: its own snapshot), with SQLite's errors made StateUnavailable."""
         conn = self._connection()
         try:
-            return work(conn)
+            return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from None
+
+    def _due_for_pruning(self, latest: dict[str, float]) -> list[tuple[str, float]]:
+        """Return which of these keys (with their latest call's end) finish should prune now."""
+        now = time.monotonic()
+        if len(self._pruned) > 100_000:
+            self._pruned.clear()  # keys come and go; forgetting them costs one early prune each
+        due = [(key_id, at) for key_id, at in latest.items() if now - self._pruned.get(key_id, -math.inf) >= PRUNE_S]
+        for key_id, _ in due:
+            self._pruned[key_id] = now
+        return due
+
+    def _check_wal(self) -> None:
+        """Checkpoint here if the WAL has grown past WAL_MAX_BYTES (this process's finish has not checkpointed
+        for WAL_CHECK_WRITES writes, and no other process's has either)."""
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size > WAL_MAX_BYTES:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file without waiting for anyone (PASSIVE); a failure is only logged.
+
+        The calls are recorded already, so an error here must not reach the caller (tally.py would record them
+        again). Once copied, the next write starts the WAL over.
+        """
+        self._writes = 0
+        try:
+            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (sqlite3.Error, StateUnavailable) as exc:
+            log.warning("state store %s: WAL checkpoint failed: %s", self.path, exc)
 
     def _record(self, text: str) -> KeyRecord:
         """Return the key a row holds; a row that is not a key record makes the store unavailable."""
@@ -350,6 +393,9 @@ def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         # In WAL mode NORMAL never corrupts the file; a power cut may lose the last commits, a crash none.
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints are finish's (or _check_wal's), never a request's commit; see the module's docstring.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
     except BaseException:
         conn.close()
         raise
@@ -373,6 +419,9 @@ def _create_schema(conn: sqlite3.Connection) -> None:
                                                    f"{SCHEMA_VERSION}")
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                if found == 1:
+                    for statement in _FROM_V1:
+                        conn.execute(statement)
                 if found != SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -388,47 +437,106 @@ def _create_schema(conn: sqlite3.Connection) -> None:
             delay = min(delay * 2, 0.2)
 
 
-def _prune(conn: sqlite3.Connection, key_id: str, until: float) -> tuple[int, int, tuple[int, int]]:
-    """Delete a key's entries made at or before `until`; return its requests and tokens left in the window and
-    what was deleted (requests, tokens), which the caller takes off rate_totals in the same transaction."""
-    total_requests, total_tokens, expired, old_requests, old_tokens = conn.execute(
-        _TOTALS_AND_EXPIRED, (key_id, until)).fetchone()
-    if expired:
-        conn.execute(_PRUNE_ENTRIES, (key_id, until))
-    pruned = (int(old_requests), int(old_tokens))
-    return max(0, (total_requests or 0) - pruned[0]), max(0, (total_tokens or 0) - pruned[1]), pruned
+def _put_key(conn: sqlite3.Connection, key_id: str, created_at: float, text: str) -> None:
+    """Insert or replace a key's row and move the version on."""
+    # An upsert, not INSERT OR REPLACE: a replaced key keeps its rowid, so its place among equals.
+    conn.execute("INSERT INTO keys (id, created_at, record) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                 "SET created_at = excluded.created_at, record = excluded.record", (key_id, created_at, text))
+    conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
 
 
-def _decide(conn: sqlite3.Connection, key_id: str, now: float, limits: Limits, requests: int,
-            tokens: int) -> Admission:
-    """Return whether a call fits the window's requests and tokens and the key's free slots."""
+def _admit(conn: sqlite3.Connection, key_id: str, slot: str, now: float, limits: Limits,
+           budget: BudgetAsk | None) -> Admission:
+    """Decide one admission from one read of the key's counters and, when admitted, count it in one write."""
+    cutoff = now - WINDOW_S
+    period = None if budget is None else PERIOD + budget.period
+    if limits.max_concurrent is None:
+        row = conn.execute(_READ_COUNTS, (key_id, math.floor(cutoff), cutoff, period)).fetchone()
+    else:
+        row = conn.execute(_READ_COUNTS_HELD, (key_id, math.floor(cutoff), cutoff, period,
+                                               now - SLOT_LEASE_S)).fetchone()
+    requests, tokens = _window(row)
+    if row[2] >= PRUNE_AT:
+        _prune(conn, key_id, cutoff)  # finish has not pruned this key for a while: keep this read short
     if limits.rpm is not None and requests >= limits.rpm:
-        at = _nth_oldest_request(conn, key_id, requests - limits.rpm)
+        at = _nth_oldest_request(conn, key_id, cutoff, requests - limits.rpm)
         return Admission(False, "rpm", _retry_after(at, now), requests, tokens)
     if limits.tpm is not None and tokens >= limits.tpm:
-        at = _token_entry_to_expire(conn, key_id, tokens, limits.tpm)
+        at = _token_bucket_to_expire(conn, key_id, cutoff, tokens, limits.tpm)
         return Admission(False, "tpm", _retry_after(at, now), requests, tokens)
+    if limits.max_concurrent is not None and row[7] >= limits.max_concurrent:
+        return Admission(False, "max_concurrent", 1, requests, tokens)
+    # Admitted unless the budget says no: the request goes into its second's bucket and the totals, the
+    # reservation into the period's row, the slot into its own; one statement writes them all.
+    writes = [(key_id, math.floor(now), 1, 0, now), (key_id, TOTALS, 1, 0, 0.0)]
+    reservation = None
+    if budget is not None:
+        amount = _nano(budget.usd)
+        reservation = _budget(row[5] or 0, row[6] or 0, amount, _nano(budget.budget_usd))
+        if not reservation.reserved:
+            return Admission(False, "budget", 0, requests, tokens, reservation)
+        if amount:
+            writes.append((key_id, period, 0, amount, 0.0))
     if limits.max_concurrent is not None:
-        # A slot older than its lease belongs to a call whose worker died: it stops counting.
-        conn.execute("DELETE FROM slots WHERE key_id = ? AND at <= ?", (key_id, now - SLOT_LEASE_S))
-        if conn.execute(_HELD_SLOTS, (key_id,)).fetchone()[0] >= limits.max_concurrent:
-            return Admission(False, "max_concurrent", 1, requests, tokens)
-    return Admission(True, None, 0, requests + 1, tokens)
+        writes.append((key_id, SLOT + slot, 0, 0, now))
+    conn.executemany(_ADD, writes)
+    return Admission(True, None, 0, requests + 1, tokens, reservation)
 
 
-def _nth_oldest_request(conn: sqlite3.Connection, key_id: str, skip: int) -> float:
-    """Return when the request that must leave the window for one more to fit was counted (skip: how many
-    older ones leave before it; 0 when the window holds exactly rpm). Older entries were pruned already."""
-    row = conn.execute("SELECT at FROM rate_entries WHERE key_id = ? AND requests > 0 ORDER BY at LIMIT 1 OFFSET ?",
-                       (key_id, max(skip, 0))).fetchone()
-    return float(row[0]) if row is not None else math.inf
+def _reserve(conn: sqlite3.Connection, key_id: str, name: str, amount: int, budget: int) -> Reservation:
+    """Reserve amount (nano-dollars) in the period's row unless its spent + reserved already reach budget."""
+    row = conn.execute(_SPEND, (key_id, name)).fetchone()
+    spent, reserved = row or (0, 0)
+    reservation = _budget(spent, reserved, amount, budget)
+    if reservation.reserved and amount:
+        conn.execute(_ADD, (key_id, name, 0, amount, 0.0))
+    return reservation
 
 
-def _token_entry_to_expire(conn: sqlite3.Connection, key_id: str, tokens: int, tpm: int) -> float:
-    """Return when the token entry was made whose leaving brings the window's tokens under tpm."""
+def _budget(spent: int, reserved: int, amount: int, budget: int) -> Reservation:
+    """Return the answer to a reservation of amount against budget, given the period's spent and reserved."""
+    if spent + reserved >= budget:
+        return Reservation(False, _usd(spent), _usd(reserved))
+    return Reservation(True, _usd(spent), _usd(reserved + amount))
+
+
+def _finish(conn: sqlite3.Connection, rows: list[tuple[str, int | str, int, int, float]],
+            slots: list[tuple[str, str]], prune: list[tuple[str, float]]) -> None:
+    """Add finished calls' rows, free their slots, and prune the keys that are due (as of their latest end)."""
+    conn.executemany(_ADD, rows)
+    if slots:
+        conn.executemany("DELETE FROM counters WHERE key_id = ? AND name = ?", slots)
+    for key_id, latest in prune:
+        _prune(conn, key_id, latest - WINDOW_S)
+        conn.execute(_PRUNE_SLOTS, (key_id, latest - SLOT_LEASE_S))
+
+
+def _window(row: Sequence[Any]) -> tuple[int, int]:
+    """Return the requests and tokens in the window: the totals less the buckets that left it (a counts row)."""
+    return max(0, (row[0] or 0) - int(row[3])), max(0, (row[1] or 0) - int(row[4]))
+
+
+def _prune(conn: sqlite3.Connection, key_id: str, cutoff: float) -> None:
+    """Delete a key's buckets whose entries were all made at or before cutoff, and take them off its totals."""
+    gone = conn.execute(_PRUNE, (key_id, math.floor(cutoff), cutoff)).fetchall()
+    if gone:
+        conn.execute(_ADD, (key_id, TOTALS, -sum(a for a, _ in gone), -sum(b for _, b in gone), 0.0))
+
+
+def _nth_oldest_request(conn: sqlite3.Connection, key_id: str, cutoff: float, skip: int) -> float:
+    """Return when the bucket holding the request that must leave for one more to fit leaves (skip: how many
+    older requests leave before it; 0 when the window holds exactly rpm)."""
+    for requests, _, at in conn.execute(_IN_WINDOW, (key_id, math.floor(cutoff), cutoff)):
+        skip -= requests
+        if skip < 0:
+            return float(at)
+    return math.inf
+
+
+def _token_bucket_to_expire(conn: sqlite3.Connection, key_id: str, cutoff: float, tokens: int, tpm: int) -> float:
+    """Return when the bucket leaves whose leaving brings the window's tokens under tpm."""
     left = tokens
-    for at, used in conn.execute("SELECT at, tokens FROM rate_entries WHERE key_id = ? AND tokens > 0 ORDER BY at",
-                                 (key_id,)):
+    for _, used, at in conn.execute(_IN_WINDOW, (key_id, math.floor(cutoff), cutoff)):
         left -= used
         if left < tpm:
             return float(at)

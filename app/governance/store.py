@@ -23,23 +23,33 @@ class StateUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class Admission:
-    """The answer of `admit`: admitted or not, which limit refused and when to retry, and the window's use."""
-
-    admitted: bool
-    limit: str | None = None  # "rpm", "tpm" or "max_concurrent" when refused
-    retry_after_s: int = 0  # whole seconds, at least 1 when refused
-    requests: int = 0  # requests in the last 60 s, this one included when admitted
-    tokens: int = 0  # tokens used in the last 60 s
-
-
-@dataclass(frozen=True)
 class Reservation:
     """The answer of `reserve`: whether the amount was reserved, and the period's spend and reservations."""
 
     reserved: bool
     spent_usd: float = 0.0
     reserved_usd: float = 0.0  # every reservation held in the period, this one included when reserved
+
+
+@dataclass(frozen=True)
+class BudgetAsk:
+    """A reservation asked for with an admission: `usd` of the period's budget of `budget_usd`."""
+
+    period: str
+    usd: float
+    budget_usd: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer of `admit`: admitted or not, which limit refused and when to retry, and the window's use."""
+
+    admitted: bool
+    limit: str | None = None  # "rpm", "tpm", "max_concurrent" or "budget" when refused
+    retry_after_s: int = 0  # whole seconds, at least 1 when refused by a rate limit (0 for "budget")
+    requests: int = 0  # requests in the last 60 s, this one included when admitted
+    tokens: int = 0  # tokens used in the last 60 s
+    reservation: Reservation | None = None  # the budget's answer, when a BudgetAsk came with the call
 
 
 @dataclass(frozen=True)
@@ -82,14 +92,18 @@ class StateStore(Protocol):
     def version(self) -> int:
         """Return a number that changes whenever a key is put: workers re-read the keys when it does."""
 
-    def admit(self, key_id: str, slot: str, now: float, limits: Limits) -> Admission:
-        """Admit one call under `limits`, or refuse it naming the limit; atomically.
+    def admit(self, key_id: str, slot: str, now: float, limits: Limits, budget: BudgetAsk | None = None) -> Admission:
+        """Admit one call under `limits` (and reserve from its budget), or refuse it naming the limit; atomically.
 
         Refused when: rpm is set and `rpm` requests were admitted after now-60 (entries stamped a little later than
         `now`, by racing calls, count too); tpm is set and the tokens finished in that window reach `tpm`;
         max_concurrent is set and that many slots are held (not older than SLOT_LEASE_S). Admitted: the request
         is counted at `now` and, when max_concurrent is set, `slot` is held.
         retry_after_s: when the oldest counted request (or token entry) leaves the window; 1 for max_concurrent.
+        A store may keep the window in whole seconds: an entry may then count up to 1 s past its 60 s, never less.
+        With `budget`: once the limits pass, refused (limit "budget", nothing counted, no slot) when the period's
+        spent + reserved reach budget.budget_usd; else budget.usd is reserved as `reserve` would, in the same step.
+        `reservation` reports it either way. One transaction (one script) for all of it: this is the request path.
         """
 
     def reserve(self, key_id: str, period: str, usd: float, budget_usd: float) -> Reservation:

@@ -2,18 +2,20 @@
 
 A call ends where its answer ends: for a stream that is the worker's event loop, which must never wait on a
 store. So the end is queued here: a governed key's (its slot, reservation and tokens count against the next
-calls) is written at once by the writer; an unlimited key's within a second, with others in one batch.
+calls) is written within URGENT_S, an unlimited key's within a second, each batch in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from app.governance.store import Finished, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 BATCH_S = 1.0  # how long an unlimited key's finished call may wait for company
+URGENT_S = 0.02  # how long a governed key's waits: its slot and tokens count against the next calls
 MAX_PENDING = 100_000  # beyond this (a store down for long) the oldest are dropped, and logged
 
 
@@ -68,6 +70,10 @@ class Tally:
                     self._wake.wait(BATCH_S)
                 if self._closed:
                     return
+                urgent = self._urgent
+            if urgent:
+                time.sleep(URGENT_S)  # calls ending meanwhile join this batch: one transaction for them all
+            with self._wake:
                 batch, self._pending, self._urgent = self._pending, [], False
             self._write(batch)
 

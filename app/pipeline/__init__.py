@@ -71,7 +71,7 @@ class Gateway:
         """Run the stages and the config's routing; return the answering target's outcome (an answer to relay)."""
         # Order matters: authenticate before anything costly; spool the body before routing reads it. A call
         # with several problems hears of the one to fix first: the key, then provider and config, then the
-        # body's content type (docs/decisions.md). The key's limits count only calls that could go upstream.
+        # body's content type (docs/decisions.md). The key's limits and budget are the leaf stage `govern`'s.
         self.governance.identify(ctx)
         inbound.read_gateway_headers(ctx)
         if ctx.grant is not None and ctx.grant.key.metadata:
@@ -82,7 +82,6 @@ class Gateway:
         resolve.load_config(ctx, self.settings)
         resolve.check_providers(ctx, self.settings)
         inbound.check_content_type(ctx, has_body=declared_length != 0)
-        self.governance.admit(ctx)
         assert ctx.config is not None
         router = Router(ctx, self.settings, self.upstream_request, self.send, self.extras)
         try:

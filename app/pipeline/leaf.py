@@ -54,7 +54,6 @@ class Outcome:
     answer: Answer | None = None
     error: GatewayError | None = None
     retry: Retry | None = None  # the answering leaf's retries (None: it made no attempt upstream)
-    on_complete: Callable[[bytes], None] | None = None  # stores the relayed body in the cache
 
     @property
     def status(self) -> int:
@@ -139,9 +138,7 @@ def guardrails(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
     answer = outcome.answer
     if answer is None or not 200 <= answer.status < 300:
         return outcome
-    store, outcome.on_complete = outcome.on_complete, None
-    if store is not None and answer.read_all(env.settings.cache_max_entry_bytes):
-        store(answer.first_chunk)  # the upstream's own bytes, before hooks add their results
+    # The cache stage (inside this one) stored the upstream's own bytes already, before hooks add their results.
     outcome.answer = run_after(env.ctx, hooks, answer, call.before_failed, call.target.provider.slug,
                                env.extras.hooks_http)
     return outcome
@@ -171,8 +168,13 @@ def cache(env: LeafEnv, call: LeafCall, rest: Rest) -> Outcome:
         ctx.cache_status = cache_stage.HIT
         return Outcome(call.path, call.target, answer=hit)
     outcome = rest(call)
-    if outcome.answer is not None and 200 <= outcome.answer.status < 300:
-        outcome.on_complete = cache_stage.storer(store, key, outcome.answer, policy)
+    answer = outcome.answer
+    if answer is not None and 200 <= answer.status < 300:
+        store_body = cache_stage.storer(store, key, answer, policy)
+        # Stored before the client has its answer, so a repeat sent the moment it arrives is a hit. An answer
+        # over the entry limit is never stored: read_all leaves the rest to be relayed as it comes.
+        if store_body is not None and answer.read_all(env.settings.cache_max_entry_bytes):
+            store_body(answer.first_chunk)
     return outcome
 
 

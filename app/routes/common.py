@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote
 
@@ -64,11 +64,11 @@ def serve(route: str, endpoint: str | None = None, unified_format: str | None = 
     stream = cast(BinaryIO, environ["wsgi.input"] if declared is None else request.stream)
     outcome = gateway().run(ctx, stream, declared)
     assert outcome.answer is not None
-    return relayed(outcome.answer, ctx, outcome.on_complete)
+    return relayed(outcome.answer, ctx)
 
 
-def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], None] | None = None) -> Response:
-    """Return the client response that streams the answer as it arrives (keeping a copy for the cache)."""
+def relayed(answer: Answer, ctx: RequestContext) -> Response:
+    """Return the client response that streams the answer as it arrives."""
     gw = gateway()
     ctx.upstream_status = answer.status
     # The gateway's own headers join the list before the Response exists: setting them one by one on
@@ -83,8 +83,7 @@ def relayed(answer: Answer, ctx: RequestContext, on_complete: Callable[[bytes], 
     if stream:
         headers.append(("X-Accel-Buffering", "no"))
     status = f"{answer.status} {answer.reason}".strip()
-    body = Relay(answer, ctx, on_close=call_end(ctx, answer.status), on_complete=on_complete,
-                 keep_limit=gw.settings.cache_max_entry_bytes, tap=gw.observer.tap(ctx, answer), stream=stream)
+    body = Relay(answer, ctx, on_close=call_end(ctx, answer.status), tap=gw.observer.tap(ctx, answer), stream=stream)
     # direct_passthrough hands Relay itself to gunicorn, so its close() runs when the body is done.
     response = Response(body, status=status, headers=headers, direct_passthrough=True)
     if not any(k.lower() == "content-type" for k, _ in headers):

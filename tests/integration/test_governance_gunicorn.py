@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,10 +50,16 @@ def burst(gateways: list[Gateway], key: str, calls: int) -> list[int]:
         return list(pool.map(lambda i: chat(gateways[i % len(gateways)], key).status_code, range(calls)))
 
 
+def governed_toml(fake_url: str, extra: str = "") -> str:
+    """Return the integration gateway file with prices, and models listed for the catalog's OpenAI entry."""
+    toml = gateway_toml(fake_url, PRICED + extra)
+    return toml.replace('[catalog.openai-fake]\n', '[catalog.openai-fake]\nmodels = ["gpt-4o-mini", "gpt-4o"]\n')
+
+
 @pytest.fixture(scope="module")
 def sqlite_gateway(fake: FakeProvider) -> Iterator[Gateway]:
     """A gateway of 4 workers on the default SQLite state store."""
-    gw = Gateway(gateway_toml(fake.url, PRICED), workers=4, threads=16).start()
+    gw = Gateway(governed_toml(fake.url), workers=4, threads=16).start()
     yield gw
     gw.stop()
 
@@ -150,7 +157,7 @@ def test_openai_sdk_calls_with_its_gateway_key_alone(sqlite_gateway: Gateway, fa
     assert refused.value.body is None or "model_not_allowed" in json.dumps(refused.value.body) \
         or "model_not_allowed" in refused.value.response.text
     models = client.models.list()
-    assert [m.id for m in models.data] == []  # the test catalog lists no models
+    assert [m.id for m in models.data] == ["@openai-fake/gpt-4o-mini", "@openai-fake/gpt-4o"]
 
 
 def test_a_revoked_key_stops_on_every_worker_within_a_second(sqlite_gateway: Gateway) -> None:
@@ -172,9 +179,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 def test_two_gateways_on_redis_admit_exactly_the_limit(fake: FakeProvider, redis_server: RedisServer) -> None:
-    extra = PRICED + f'\n[state]\nbackend = "{redis_server.url}"\n'
-    first = Gateway(gateway_toml(fake.url, extra), workers=2, threads=16).start()
-    second = Gateway(gateway_toml(fake.url, extra), workers=2, threads=16).start()
+    extra = f'\n[state]\nbackend = "{redis_server.url}"\n'
+    first = Gateway(governed_toml(fake.url, extra), workers=2, threads=16).start()
+    second = Gateway(governed_toml(fake.url, extra), workers=2, threads=16).start()
     try:
         key = new_key(first, limits={"rpm": 100})
         time.sleep(1.0)  # the second gateway reads the new key within a second
@@ -188,7 +195,7 @@ def test_two_gateways_on_redis_admit_exactly_the_limit(fake: FakeProvider, redis
 
 
 def test_managed_keys_survive_a_restart(fake: FakeProvider) -> None:
-    gw = Gateway(gateway_toml(fake.url, PRICED)).start()
+    gw = Gateway(governed_toml(fake.url)).start()
     try:
         key = new_key(gw, budget={"usd": 100, "period": "month"})
         assert chat(gw, key).status_code == 200
@@ -200,3 +207,36 @@ def test_managed_keys_survive_a_restart(fake: FakeProvider) -> None:
     finally:
         gw.stop()
 
+
+def curl(*args: str) -> tuple[int, dict[str, str], str]:
+    """Run curl; return the status, the headers (lower-case names) and the body."""
+    done = subprocess.run(["curl", "-sS", "-D", "-", *args], capture_output=True, text=True, timeout=30, check=True)
+    head, _, body = done.stdout.partition("\n\n")  # text mode: curl's CRLFs arrive as \n
+    lines = head.split("\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_curl_manages_a_key_and_calls_with_it(sqlite_gateway: Gateway) -> None:
+    auth = f"Authorization: Bearer {ADMIN_KEY}"
+    status, _, body = curl(sqlite_gateway.url + "/admin/keys", "-H", auth, "-H", "Content-Type: application/json",
+                           "-d", '{"name": "curl-team", "models": ["*/gpt-4o-mini"], "limits": {"rpm": 2}}')
+    assert status == 201
+    created = json.loads(body)
+    call = [sqlite_gateway.url + "/v1/chat/completions", "-H", f"Authorization: Bearer {created['key']}",
+            "-H", "Content-Type: application/json", "-d", json.dumps(CHAT)]
+    status, headers, _ = curl(*call)
+    assert status == 200 and headers["x-ratelimit-remaining-requests"] == "1"
+    status, _, body = curl(*call[:-1], json.dumps({**CHAT, "model": "@openai-fake/gpt-4o"}))
+    assert status == 403 and json.loads(body)["code"] == "model_not_allowed"
+    assert curl(*call)[0] == 200
+    status, headers, body = curl(*call)
+    assert status == 429 and json.loads(body)["code"] == "rate_limit_exceeded" and int(headers["retry-after"]) >= 1
+    status, _, body = curl(sqlite_gateway.url + f"/admin/keys/{created['id']}", "-H", auth)
+    assert status == 200 and json.loads(body)["usage"]["requests_last_60s"] == 2
+    assert created["key"] not in body
+    status, _, body = curl(sqlite_gateway.url + "/v1/models", "-H", f"Authorization: Bearer {created['key']}")
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["@openai-fake/gpt-4o-mini"]
+    assert curl("-X", "DELETE", sqlite_gateway.url + f"/admin/keys/{created['id']}", "-H", auth)[0] == 200
+    time.sleep(1.0)
+    assert curl(*call)[0] == 401

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from app.governance.keys import Budget, KeyRecord, Limits, Secret
-from app.governance.store import SLOT_LEASE_S, WINDOW_S, Finished, StateStore
+from app.governance.store import SLOT_LEASE_S, WINDOW_S, BudgetAsk, Finished, Reservation, StateStore
 
 MakeOther = Callable[[], StateStore]
 
@@ -93,6 +93,7 @@ class StoreContract:
         assert third not in (first, second)
         # Counters are not keys: workers must not re-read every key because a call was admitted.
         store.admit(key.id, "s1", base, Limits(rpm=5, max_concurrent=2))
+        store.admit(key.id, "s2", base, Limits(), BudgetAsk("total", 0.25, 1.0))
         store.reserve(key.id, "total", 0.5, 1.0)
         store.finish([Finished(key.id, base, counted=True, slot="s1", tokens=3, period="total", cost_usd=0.1)])
         assert store.version() == third
@@ -346,6 +347,80 @@ class StoreContract:
         other.finish([Finished(key, 1.0, counted=True, period="total", reserved_usd=0.5, cost_usd=0.2)])
         assert store.usage(key, 1.0, "total").reserved_usd == pytest.approx(0.5)
         assert store.usage(key, 1.0, "total").spent_usd == pytest.approx(0.2)
+
+    # -- admit with a budget --------------------------------------------------------------------------
+
+    def test_admit_reserves_from_the_budget_in_the_same_step(self, store: StateStore, base: float) -> None:
+        key, limits = key_id(), Limits(rpm=5, max_concurrent=3)
+        first = store.admit(key, "a", base, limits, BudgetAsk("2026-05", 0.25, 1.0))
+        assert (first.admitted, first.limit, first.requests) == (True, None, 1)
+        assert first.reservation == Reservation(True, 0.0, 0.25)
+        second = store.admit(key, "b", base, limits, BudgetAsk("2026-05", 0.5, 1.0))
+        assert second.reservation is not None
+        assert (second.reservation.reserved, second.reservation.reserved_usd) == (True, 0.75)
+        use = store.usage(key, base, "2026-05")
+        assert (use.requests, use.in_flight, use.reserved_usd, use.spent_usd) == (2, 2, 0.75, 0.0)
+
+    def test_a_spent_budget_refuses_and_counts_nothing(self, store: StateStore, base: float) -> None:
+        key, limits = key_id(), Limits(rpm=5, tpm=100, max_concurrent=3)
+        assert store.admit(key, "a", base, limits, BudgetAsk("2026-05", 0.4, 1.0)).admitted
+        store.finish([Finished(key, base, counted=True, slot="a", tokens=10, period="2026-05",
+                               reserved_usd=0.4, cost_usd=0.7)])
+        assert store.admit(key, "b", base + 1, limits, BudgetAsk("2026-05", 0.3, 1.0)).admitted  # 0.7 < 1.0
+        refused = store.admit(key, "c", base + 2, limits, BudgetAsk("2026-05", 0.1, 1.0))
+        assert (refused.admitted, refused.limit, refused.retry_after_s) == (False, "budget", 0)
+        assert (refused.requests, refused.tokens) == (2, 10)  # the window's use, this call not in it
+        assert refused.reservation is not None and not refused.reservation.reserved
+        assert refused.reservation.spent_usd == pytest.approx(0.7)
+        assert refused.reservation.reserved_usd == pytest.approx(0.3)  # not increased by the refused ask
+        use = store.usage(key, base + 2, "2026-05")
+        assert (use.requests, use.in_flight) == (2, 1)  # no request counted, no slot taken
+        assert use.reserved_usd == pytest.approx(0.3)
+        # The slot it did not take stays free: with it freed, the others still fit max_concurrent.
+        assert store.admit(key, "d", base + 3, Limits(max_concurrent=2)).admitted
+
+    def test_rate_limits_refuse_before_the_budget_is_asked(self, store: StateStore, base: float) -> None:
+        key = key_id()
+        assert store.admit(key, "a", base, Limits(rpm=1), BudgetAsk("total", 0.5, 1.0)).admitted
+        refused = store.admit(key, "b", base + 1, Limits(rpm=1), BudgetAsk("total", 0.5, 1.0))
+        assert (refused.admitted, refused.limit, refused.retry_after_s) == (False, "rpm", 59)
+        assert store.usage(key, base + 1, "total").reserved_usd == 0.5  # nothing reserved for the refused call
+        # Both refused: the rate limit is the one named.
+        assert store.reserve(key, "total", 0.5, 1.0).reserved
+        assert store.admit(key, "c", base + 2, Limits(rpm=1), BudgetAsk("total", 0.5, 1.0)).limit == "rpm"
+
+    def test_a_budget_only_key_is_admitted_counted_and_reserved(self, store: StateStore, base: float) -> None:
+        key = key_id()
+        answers = [store.admit(key, f"s{n}", base, Limits(), BudgetAsk("day", 0.1, 1.0)) for n in range(12)]
+        assert [a.admitted for a in answers] == [True] * 10 + [False] * 2
+        assert [a.requests for a in answers[:10]] == list(range(1, 11))
+        assert {a.limit for a in answers[10:]} == {"budget"}
+        assert answers[9].reservation is not None
+        assert answers[9].reservation.reserved_usd == pytest.approx(1.0)  # ten tenths fill a dollar exactly
+        use = store.usage(key, base, "day")
+        assert (use.requests, use.in_flight, use.reserved_usd) == (10, 0, pytest.approx(1.0))
+
+    def test_a_zero_ask_checks_the_budget_without_reserving(self, store: StateStore, base: float) -> None:
+        key = key_id()
+        free = store.admit(key, "a", base, Limits(), BudgetAsk("total", 0.0, 1.0))
+        assert free.admitted and free.reservation == Reservation(True, 0.0, 0.0)
+        store.finish([Finished(key, base, counted=True, period="total", cost_usd=1.0)])
+        refused = store.admit(key, "b", base, Limits(), BudgetAsk("total", 0.0, 1.0))
+        assert (refused.admitted, refused.limit) == (False, "budget")
+        assert refused.reservation == Reservation(False, 1.0, 0.0)
+
+    def test_admit_and_reserve_share_the_budget_across_stores(self, store: StateStore, make_other: MakeOther,
+                                                              base: float) -> None:
+        other, key = make_other(), key_id()
+        assert store.admit(key, "a", base, Limits(rpm=10), BudgetAsk("total", 0.5, 1.0)).admitted
+        assert other.reserve(key, "total", 0.5, 1.0).reserved
+        refused = other.admit(key, "b", base, Limits(rpm=10), BudgetAsk("total", 0.1, 1.0))
+        assert (refused.admitted, refused.limit, refused.requests) == (False, "budget", 1)
+        other.finish([Finished(key, base, counted=True, period="total", reserved_usd=0.5, cost_usd=0.2)])
+        again = store.admit(key, "c", base, Limits(rpm=10), BudgetAsk("total", 0.1, 1.0))
+        assert again.admitted and again.reservation is not None
+        assert (again.reservation.spent_usd, again.reservation.reserved_usd) == (pytest.approx(0.2),
+                                                                                 pytest.approx(0.6))
 
     # -- usage -----------------------------------------------------------------------------------------
 

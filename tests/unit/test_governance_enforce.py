@@ -197,3 +197,15 @@ def test_a_gateway_key_sent_as_bearer_never_reaches_the_access_line(app_factory,
     out = capsys.readouterr().out
     assert '"key":"gov-team"' in out
     assert KEY not in out and hash_key(KEY) not in out
+
+
+def test_conditional_routing_sees_the_keys_metadata(app_factory, fake_provider) -> None:
+    config = {"strategy": {"mode": "conditional", "default": "cheap",
+                           "conditions": [{"query": {"metadata.tier": {"$eq": "gold"}}, "then": "best"}]},
+              "targets": [{"name": "cheap", "provider": "@openai-fake", "override_params": {"model": "gpt-4o-mini"}},
+                          {"name": "best", "provider": "@openai-fake", "override_params": {"model": "gpt-4o"}}]}
+    gold = governed_app(app_factory, fake_provider, metadata={"tier": "gold"}, default_config=config)
+    res = gold.test_client().post("/v1/chat/completions", json=CHAT, headers={
+        "Authorization": f"Bearer {KEY}", "x-portkey-metadata": '{"tier": "free"}'})
+    assert res.status_code == 200, res.get_json()
+    assert fake_provider.requests[-1].json()["model"] == "gpt-4o"  # the key's tier, not the client's

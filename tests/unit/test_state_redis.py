@@ -1,5 +1,6 @@
 """RedisStateStore against a real throwaway redis-server: the store contract, exactness across gateways and
-threads, outages (no password in the message, no long hang), restarts of Redis and of the gateway, TTLs, fork."""
+threads (budgets admitted with their calls too), one round trip per step, outages (no password in the message, no
+long hang), restarts of Redis and of the gateway, connections Redis closed, TTLs, fork."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
+from typing import Any
 
 import pytest
 import redis
 
+from app.governance import redis_store
 from app.governance.keys import Budget, KeyRecord, Limits, Secret
 from app.governance.redis_store import FINISH_CHUNK, PERIOD_TTL_S, SLOT_TTL_S, WINDOW_TTL_S, RedisStateStore
-from app.governance.store import Finished, StateUnavailable
+from app.governance.store import BudgetAsk, Finished, Reservation, StateUnavailable
 from tests.fakes.net import free_port, listen_port
 from tests.fakes.redis_server import RedisServer
 from tests.unit.state_contract import StoreContract
@@ -130,6 +133,124 @@ def test_exact_budget_under_fifty_concurrent_reservations(store: RedisStateStore
     usage = other.usage("key_b", T0, "2026-12")
     assert (usage.spent_usd, usage.reserved_usd) == (0.21, 0.7)
     assert other.reserve("key_b", "2026-12", 0.1, 1.0).reserved  # 0.21 + 0.7 < 1.0
+
+
+@pytest.mark.parametrize("limits", [Limits(rpm=1000, max_concurrent=100), Limits()], ids=["limited", "budget-only"])
+def test_exact_budget_under_fifty_concurrent_admissions(store: RedisStateStore, other: RedisStateStore,
+                                                        limits: Limits) -> None:
+    start = Barrier(50)
+
+    def admit(index: int) -> Any:
+        start.wait()
+        gateway = store if index % 2 else other
+        return gateway.admit("key_b", f"s{index}", T0 + index * 0.001, limits, BudgetAsk("2026-12", 0.1, 1.0))
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(admit, range(50)))
+    admitted = [answer for answer in answers if answer.admitted]
+    refused = [answer for answer in answers if not answer.admitted]
+    assert len(admitted) == 10  # ten times 0.1 reaches 1.0 exactly, in whole nano-dollars
+    # Each admitted call saw the reservations before it plus its own: 0.1, 0.2, ... 1.0, each once.
+    assert sorted(round(answer.reservation.reserved_usd * 10) for answer in admitted) == list(range(1, 11))
+    assert {(answer.limit, answer.retry_after_s, answer.reservation) for answer in refused} == {
+        ("budget", 0, Reservation(False, spent_usd=0.0, reserved_usd=1.0))}
+    use = store.usage("key_b", T0 + 1, "2026-12")
+    # Only the admitted calls were counted, and took slots (with max_concurrent).
+    assert (use.requests, use.in_flight, use.reserved_usd) == (10, 10 if limits.max_concurrent else 0, 1.0)
+
+
+def test_a_spent_budget_refuses_without_writing_anything(store: RedisStateStore, raw: redis.Redis) -> None:
+    store.finish([Finished("k", T0, counted=True, period="2026-12", cost_usd=0.95)])
+    assert store.reserve("k", "2026-12", 0.05, 1.0).reserved  # spent + reserved now reach the budget
+    refused = store.admit("k", "s", T0 + 1, Limits(rpm=10, tpm=100, max_concurrent=5), BudgetAsk("2026-12", 0.1, 1.0))
+    assert (refused.admitted, refused.limit, refused.retry_after_s, refused.requests) == (False, "budget", 0, 0)
+    assert refused.reservation == Reservation(False, spent_usd=0.95, reserved_usd=0.05)
+    assert raw.exists(PREFIX + "req:k", PREFIX + "slots:k") == 0  # no request counted, no slot taken
+    assert raw.hgetall(PREFIX + "spend:k:2026-12") == {"spent": "950000000", "reserved": "50000000"}
+
+
+def count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, from now on, how many commands each round trip of any store carries."""
+    seen: list[int] = []
+    exchange = redis_store._Link.exchange
+
+    def counted(link: Any, commands: bytes, replies: int) -> list[Any]:
+        seen.append(replies)
+        return exchange(link, commands, replies)
+
+    monkeypatch.setattr(redis_store._Link, "exchange", counted)
+    return seen
+
+
+def test_admit_with_its_budget_is_one_script_in_one_round_trip(store: RedisStateStore, raw: redis.Redis,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    store.admit("warm", "s", T0, Limits(), BudgetAsk("total", 0.1, 1.0))  # the script is in Redis now
+    round_trips = count_round_trips(monkeypatch)
+    scripts_before = raw.info("commandstats")["cmdstat_evalsha"]["calls"]
+    limited = store.admit("k", "s1", T0, Limits(rpm=10, tpm=1000, max_concurrent=5), BudgetAsk("2026-12", 0.25, 1.0))
+    assert (limited.admitted, limited.requests, limited.tokens) == (True, 1, 0)
+    assert limited.reservation == Reservation(True, spent_usd=0.0, reserved_usd=0.25)
+    budget_only = store.admit("k2", "s2", T0, Limits(), BudgetAsk("total", 0.5, 1.0))
+    assert (budget_only.admitted, budget_only.requests) == (True, 1)
+    assert budget_only.reservation == Reservation(True, spent_usd=0.0, reserved_usd=0.5)
+    assert round_trips == [1, 1]
+    assert raw.info("commandstats")["cmdstat_evalsha"]["calls"] - scripts_before == 2
+    assert raw.hget(PREFIX + "spend:k:2026-12", "reserved") == "250000000"
+    assert PERIOD_TTL_S - 10 < raw.ttl(PREFIX + "spend:k:2026-12") <= PERIOD_TTL_S
+    assert raw.ttl(PREFIX + "spend:k2:total") == -1
+    assert raw.zscore(PREFIX + "slots:k", "s1") == T0
+    assert raw.exists(PREFIX + "slots:k2") == 0  # no max_concurrent: no slot
+
+
+def test_finish_is_one_round_trip_however_many_calls(store: RedisStateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.finish([Finished("warm", T0)])
+    round_trips = count_round_trips(monkeypatch)
+    store.finish([Finished("k", T0, counted=True, slot=f"s{i}", tokens=1, period="total", cost_usd=0.01)
+                  for i in range(10)])
+    store.finish([Finished(f"k{i % 7}", T0, tokens=1) for i in range(FINISH_CHUNK * 3)])
+    store.version()
+    assert round_trips == [1, 3, 1]  # a batch's chunks all go in one write
+    assert store.usage("k", T0, "total").tokens == 10
+
+
+def test_scripts_flushed_from_redis_are_sent_again_and_run_once(store: RedisStateStore, raw: redis.Redis) -> None:
+    store.finish([Finished("k0", T0)])
+    raw.script_flush()  # as a restarted Redis would be: every EVALSHA of a pipelined batch fails
+    calls = [Finished(f"k{i % 3}", T0 + i * 0.001, tokens=2) for i in range(FINISH_CHUNK * 2 + 5)]
+    store.finish(calls)
+    usages = [store.usage(f"k{i}", T0 + 1, None) for i in range(3)]
+    assert sum(use.requests for use in usages) == len(calls) + 1
+    assert sum(use.tokens for use in usages) == 2 * len(calls)
+    raw.script_flush()
+    answer = store.admit("k0", "s", T0 + 1, Limits(rpm=10**6), BudgetAsk("total", 0.1, 1.0))
+    assert (answer.admitted, answer.requests) == (True, usages[0].requests + 1)
+
+
+def test_a_connection_redis_closed_is_replaced_before_it_is_used(store: RedisStateStore, raw: redis.Redis) -> None:
+    assert store.admit("k", "a", T0, Limits(rpm=5)).admitted  # an idle connection is kept
+    assert raw.client_kill_filter(_type="normal", skipme=True) >= 1  # Redis closes it (a timeout, a restart)
+    answer = store.admit("k", "b", T0 + 1, Limits(rpm=5))  # not sent on the dead one: no error
+    assert (answer.admitted, answer.requests) == (True, 2)
+
+
+def test_an_error_reply_is_state_unavailable_and_the_connection_stays(store: RedisStateStore,
+                                                                      raw: redis.Redis) -> None:
+    store.version()
+    clients = len(raw.client_list())
+    raw.set(PREFIX + "req:k", "not a sorted set")
+    with pytest.raises(StateUnavailable, match="WRONGTYPE"):
+        store.admit("k", "s", T0, Limits(rpm=5))
+    raw.delete(PREFIX + "req:k")
+    assert store.admit("k", "s", T0, Limits(rpm=5)).admitted
+    assert len(raw.client_list()) == clients  # the same connection, still in step with its replies
+
+
+def test_a_reply_larger_than_one_read_is_read_whole(store: RedisStateStore) -> None:
+    records = [KeyRecord(id=f"key_{i:03d}", name=f"n{i}", created_at=float(i), metadata={"blob": "é" * 1500})
+               for i in range(150)]  # about 450 KB of JSON
+    for key in records:
+        store.put_key(key)
+    assert store.list_keys() == records
 
 
 def test_stopped_redis_raises_quickly_without_the_password() -> None:
