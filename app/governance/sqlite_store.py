@@ -14,6 +14,7 @@ request's commit filled the WAL, and its fsync costs milliseconds.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -304,6 +305,11 @@ class SQLiteStateStore:
         """
         inherited = getattr(self, "_conns", [])
         _INHERITED.extend(conn for _, conn in inherited)
+        inherited_fd = getattr(self, "_writer_fd", None)
+        if inherited_fd is not None:
+            os.close(inherited_fd)  # a lock on it would be the parent's lock too: this process opens its own
+        self._writer_fd: int | None = None
+        self._writer = threading.Lock()
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -313,22 +319,41 @@ class SQLiteStateStore:
         """Run work(connection, *args) in a BEGIN IMMEDIATE transaction (the write lock taken first), committed
         when it returns; now and then, look at the WAL's size."""
         conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        # Writers queue on a thread lock and an flock of the lock file, which wake the next one at once. Left to
+        # SQLite's own busy handler, a writer that finds the file locked sleeps 1, 2, 5 ... ms before it tries
+        # again: with a worker's threads and the workers of a host all writing, calls waited on those sleeps.
+        with self._writer:
+            fd = self._writer_lock()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                result = work(conn, *args)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise self._unavailable(exc) from None
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn, *args)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from None
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         # Not exact across threads, which does not matter: it only spaces out checkpoints and looks at the WAL.
         self._writes += 1
         if self._writes % WAL_CHECK_WRITES == 0:
             self._check_wal()
         return result
+
+    def _writer_lock(self) -> int | None:
+        """Return this process's descriptor of the lock file beside the store (None if it cannot be opened)."""
+        if self._writer_fd is None:
+            try:
+                self._writer_fd = os.open(self.path + "-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                return None  # SQLite's own locking still keeps writes atomic, only slower under contention
+        return self._writer_fd
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Return the rows of one read (autocommit: its own snapshot), with SQLite's errors made StateUnavailable."""
