@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 
 from app.governance.stores import has_managed_keys
 from app.metrics import mark_worker_dead, prepare_multiprocess_dir
@@ -25,9 +26,6 @@ from app.settings import (
 # unusable request-log file; later a bad [logs] path only degrades the log (docs/security.md).
 _FIRST_READ = os.environ.get("PORTICO_MASTER_PID") != str(os.getpid())
 os.environ["PORTICO_MASTER_PID"] = str(os.getpid())
-if _FIRST_READ:
-    # A directory the workers of this master share: the host-wide response cache (docs/cache.md). Removed on exit.
-    os.environ["PORTICO_RUN_DIR"] = tempfile.mkdtemp(prefix="portico-run-")
 
 
 def _read_settings() -> Settings:
@@ -62,6 +60,12 @@ def _read_settings() -> Settings:
 
 
 _settings = _read_settings()
+if _FIRST_READ:
+    # Made once the file is accepted (a refused start leaves nothing behind): a directory the workers of this
+    # master share, for the host-wide response cache (docs/cache.md). on_exit removes it; a HUP keeps it.
+    os.environ["PORTICO_RUN_DIR"] = tempfile.mkdtemp(prefix="portico-run-")
+    _settings = replace(_settings, run_dir=os.environ["PORTICO_RUN_DIR"])
+    adopt(_settings)
 
 # Before anything imports prometheus_client: workers then share counters through files in this dir.
 prepare_multiprocess_dir(os.environ)

@@ -240,3 +240,23 @@ def test_curl_manages_a_key_and_calls_with_it(sqlite_gateway: Gateway) -> None:
     assert curl("-X", "DELETE", sqlite_gateway.url + f"/admin/keys/{created['id']}", "-H", auth)[0] == 200
     time.sleep(1.0)
     assert curl(*call)[0] == 401
+
+
+def test_the_default_cache_hits_whichever_worker_a_repeat_lands_on(sqlite_gateway: Gateway,
+                                                                   fake: FakeProvider) -> None:
+    config = json.dumps({"provider": "@openai-fake", "cache": {"mode": "simple", "max_age": 60}})
+    body = {**CHAT, "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"cache {time.time()}"}]}
+    key = new_key(sqlite_gateway)
+
+    def call() -> str:
+        with requests.Session() as fresh:  # a new connection each time: any of the 4 workers may take it
+            res = fresh.post(sqlite_gateway.url + "/v1/chat/completions", json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {key}", "x-portkey-config": config})
+            assert res.status_code == 200
+            return res.headers["x-portkey-cache-status"]
+    fake.reset()
+    assert call() == "MISS"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: call(), range(40)))
+    assert statuses == ["HIT"] * 40
+    assert len(fake.requests) == 1
